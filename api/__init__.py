@@ -1,0 +1,59 @@
+"""The HTTP API: a Flask app factory. HTTP only; every decision lives in shared.services."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import structlog
+from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from api.errors import register_error_handlers
+from api.routes import backups, jobs, system, targets
+from shared.core.logs import configure_logging, get_logger
+from shared.core.settings import Settings, get_settings
+from shared.services.container import Services, build_services
+
+API_PREFIX = "/api/v1"
+log = get_logger("api")
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    settings = settings or get_settings()
+    configure_logging(settings)
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
+    app.extensions["flexdb"] = services or build_services(settings)
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies, x_host=settings.trusted_proxies
+        )
+    for blueprint in (system.bp, targets.bp, backups.bp, jobs.bp):
+        app.register_blueprint(blueprint, url_prefix=API_PREFIX)
+    register_error_handlers(app)
+    _install_request_context(app)
+    return app
+
+
+def _install_request_context(app: Flask) -> None:
+    @app.before_request
+    def bind_request() -> None:
+        structlog.contextvars.clear_contextvars()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        g.started = time.monotonic()
+        structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+    @app.after_request
+    def log_request(response):
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        log.info(
+            "http.request",
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            duration_ms=round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1),
+        )
+        return response

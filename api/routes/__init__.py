@@ -1,0 +1,1 @@
+"""Blueprints, all under /api/v1."""

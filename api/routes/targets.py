@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, url_for
+
+from api.http import parse_body, services
+from api.schemas import ConnectionCheckSchema, ServerInfoSchema, TargetSchema
+from shared.domain.engine import ServerInfo
+
+bp = Blueprint("targets", __name__)
+_target = TargetSchema()
+_info = ServerInfoSchema()
+
+
+def _present_info(engine: str, info: ServerInfo) -> dict:
+    return _info.dump(
+        {"ok": True, "engine": engine, "server_version": info.version, "latency_ms": info.latency_ms, "details": info.details}
+    )
+
+
+@bp.get("/targets")
+def list_targets():
+    svc = services().targets
+    items = []
+    for target in svc.all():
+        view = svc.view(target).__dict__
+        view["links"] = {"check": url_for("targets.check_target", name=target.name, _external=True)}
+        items.append(_target.dump(view))
+    return jsonify({"items": items})
+
+
+@bp.post("/targets/<name>/check")
+def check_target(name: str):
+    svc = services().targets
+    target = svc.get(name)
+    return jsonify(_present_info(target.engine, svc.check(name)))
+
+
+@bp.post("/connections/check")
+def check_connection():
+    body = parse_body(ConnectionCheckSchema())
+    info = services().targets.check_connection(body["engine"], body["uri"])
+    return jsonify(_present_info(body["engine"], info))

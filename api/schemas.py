@@ -1,0 +1,131 @@
+"""Request and response schemas (marshmallow). Unknown fields are rejected."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+
+from shared.core.settings import NAME_PATTERN
+from shared.domain.backups import ID_PATTERN
+from shared.domain.jobs import JobKind, JobStatus
+
+_name = validate.Regexp(NAME_PATTERN, error="must be 1-64 letters, digits, '_' or '-'")
+_id = validate.Regexp(ID_PATTERN, error="must be 1-64 letters, digits, '_' or '-'")
+_database = validate.Regexp(
+    r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$", error="must be 1-63 letters, digits, '_', '$' or '-', starting with a letter or '_'"
+)
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class BackupRequestSchema(StrictSchema):
+    target = fields.String(required=True, validate=_name, metadata={"description": "Name of a configured target"})
+    options = fields.Dict(keys=fields.String(), load_default=dict, metadata={"description": "Engine options"})
+
+
+class RestoreRequestSchema(StrictSchema):
+    backup_id = fields.String(required=True, validate=_id)
+    target = fields.String(load_default=None, validate=_name, metadata={"description": "Default: the backup's own target"})
+    database = fields.String(
+        load_default=None, validate=_database, metadata={"description": "Another database on that server; created if missing"}
+    )
+    drop = fields.Boolean(load_default=False, metadata={"description": "Replace existing objects"})
+    options = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class ConnectionCheckSchema(StrictSchema):
+    engine = fields.String(required=True)
+    uri = fields.String(required=True, validate=validate.Length(min=1, max=4096))
+
+
+class PageQuerySchema(StrictSchema):
+    limit = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
+
+
+class JobListQuerySchema(PageQuerySchema):
+    status = fields.Enum(JobStatus, by_value=True, load_default=None)
+    kind = fields.Enum(JobKind, by_value=True, load_default=None)
+    target = fields.String(load_default=None, validate=_name)
+
+
+class BackupListQuerySchema(PageQuerySchema):
+    target = fields.String(load_default=None, validate=_name)
+
+
+# ------------------------------------------------------------------------------ responses
+
+
+class ProgressSchema(Schema):
+    stage = fields.String(allow_none=True)
+    bytes_done = fields.Integer()
+    bytes_total = fields.Integer(allow_none=True)
+    items_done = fields.Integer()
+    items_total = fields.Integer(allow_none=True)
+    percent = fields.Float(allow_none=True)
+    current = fields.String(allow_none=True)
+
+
+class JobErrorSchema(Schema):
+    code = fields.String()
+    message = fields.String()
+
+
+class JobSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String()
+    kind = fields.String()
+    status = fields.String()
+    done = fields.Boolean()
+    target = fields.String()
+    engine = fields.String()
+    params = fields.Dict()
+    created_at = fields.String()
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    duration_seconds = fields.Float(allow_none=True)
+    progress = fields.Nested(ProgressSchema)
+    backup_id = fields.String(allow_none=True)
+    result = fields.Dict()
+    error = fields.Nested(JobErrorSchema, allow_none=True)
+    links = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class BackupSchema(Schema):
+    id = fields.String()
+    target = fields.String()
+    engine = fields.String()
+    format = fields.String()
+    database = fields.String(allow_none=True)
+    created_at = fields.String()
+    finished_at = fields.String()
+    duration_seconds = fields.Float()
+    size_bytes = fields.Integer()
+    sha256 = fields.String()
+    compression = fields.String(allow_none=True)
+    tool_version = fields.String(allow_none=True)
+    server_version = fields.String(allow_none=True)
+    job_id = fields.String(allow_none=True)
+    details = fields.Dict()
+    links = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class TargetSchema(Schema):
+    name = fields.String()
+    engine = fields.String()
+    uri = fields.String(metadata={"description": "Connection URI with the password masked"})
+    engine_available = fields.Boolean()
+    engine_unavailable_reason = fields.String(allow_none=True)
+    links = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class ServerInfoSchema(Schema):
+    ok = fields.Boolean()
+    engine = fields.String()
+    server_version = fields.String()
+    latency_ms = fields.Float()
+    details = fields.Dict()

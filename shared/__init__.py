@@ -1,0 +1,1 @@
+"""Flexible Database: the package shared by the API and the worker."""

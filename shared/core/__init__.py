@@ -1,0 +1,1 @@
+"""Core: settings, logging, errors and redaction. Imports nothing else of the project."""

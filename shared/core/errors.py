@@ -1,0 +1,127 @@
+"""The one exception hierarchy.
+
+Every error a user can cause (or must be told about) is a subclass of :class:`FlexDBError`
+carrying an HTTP status and a stable snake_case ``code``. ``api/errors.py`` renders them as
+RFC 9457 problem+json; the worker stores ``{code, message}`` on the failed job. Messages must
+say what to fix and must never contain a secret (they are redacted again on the way out).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FlexDBError(Exception):
+    """Base of every error the service reports to a user."""
+
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Internal error"
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        self.message = message or self.title
+        self.extra = extra
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+# --- 4xx: the request is wrong -------------------------------------------------------------
+
+
+class ValidationFailed(FlexDBError):
+    status, code, title = 422, "validation_failed", "Request validation failed"
+
+    def __init__(self, message: str | None = None, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message or "The request body or query has invalid fields; see errors.")
+        self.errors = errors or []
+
+
+class BadRequest(FlexDBError):
+    status, code, title = 400, "bad_request", "Bad request"
+
+
+class NotFound(FlexDBError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class TargetNotFound(NotFound):
+    code, title = "target_not_found", "Target not found"
+
+
+class BackupNotFound(NotFound):
+    code, title = "backup_not_found", "Backup not found"
+
+
+class JobNotFound(NotFound):
+    code, title = "job_not_found", "Job not found"
+
+
+class MethodNotAllowed(FlexDBError):
+    status, code, title = 405, "method_not_allowed", "Method not allowed"
+
+
+class Conflict(FlexDBError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class TargetNotEmpty(Conflict):
+    code, title = "target_not_empty", "Target is not empty"
+
+
+class TargetBusy(Conflict):
+    code, title = "target_busy", "Target is busy"
+
+
+class EngineUnavailable(FlexDBError):
+    status, code, title = 422, "engine_unavailable", "Engine unavailable"
+
+
+# --- 5xx: a dependency or the job failed ----------------------------------------------------
+
+
+class ConfigurationError(FlexDBError):
+    status, code, title = 500, "configuration_error", "Configuration error"
+
+
+class BrokerUnavailable(FlexDBError):
+    status, code, title = 503, "broker_unavailable", "Broker unavailable"
+
+
+class TargetUnreachable(FlexDBError):
+    status, code, title = 502, "target_unreachable", "Target unreachable"
+
+
+class AuthenticationFailed(FlexDBError):
+    status, code, title = 502, "authentication_failed", "Authentication to the target failed"
+
+
+class ToolVersionMismatch(FlexDBError):
+    status, code, title = 500, "tool_version_mismatch", "Dump tool older than the server"
+
+
+class DumpFailed(FlexDBError):
+    status, code, title = 500, "dump_failed", "Dump failed"
+
+
+class RestoreFailed(FlexDBError):
+    status, code, title = 500, "restore_failed", "Restore failed"
+
+
+class ArchiveCorrupt(FlexDBError):
+    """The archive cannot be read: bad format, truncated, or a CRC that does not match."""
+
+    status, code, title = 422, "archive_corrupt", "Archive is corrupt"
+
+
+class ChecksumMismatch(ArchiveCorrupt):
+    code, title = "checksum_mismatch", "Archive checksum mismatch"
+
+
+class StorageError(FlexDBError):
+    status, code, title = 500, "storage_error", "Storage error"
+
+
+class JobCancelled(FlexDBError):
+    status, code, title = 409, "job_cancelled", "Job cancelled"

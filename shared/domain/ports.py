@@ -1,0 +1,116 @@
+"""Contracts the services depend on; infrastructure provides the implementations."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import BinaryIO
+
+from shared.domain.backups import BackupManifest
+from shared.domain.jobs import Job, JobFilter, Page, Progress
+
+
+class ArchiveSink(ABC):
+    """A file being written under a temporary name; visible only after :meth:`commit`."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> int: ...
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Flush to disk and move into place atomically."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Remove the partial file."""
+
+    def __enter__(self) -> ArchiveSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class Storage(ABC):
+    """Where archives and their manifests live. A backup without a manifest does not exist."""
+
+    @abstractmethod
+    def open_sink(self, backup_id: str, name: str) -> ArchiveSink: ...
+
+    @abstractmethod
+    def open_archive(self, manifest: BackupManifest) -> BinaryIO: ...
+
+    @abstractmethod
+    def write_manifest(self, manifest: BackupManifest) -> None:
+        """Write atomically; the manifest is the last thing written for a backup."""
+
+    @abstractmethod
+    def read_manifest(self, backup_id: str) -> BackupManifest:
+        """Raise BackupNotFound when there is no complete backup with that id."""
+
+    @abstractmethod
+    def iter_manifests(self, before_id: str | None = None) -> Iterator[BackupManifest]:
+        """Complete backups, newest first, optionally only those with ids below ``before_id``."""
+
+    @abstractmethod
+    def delete(self, backup_id: str) -> None:
+        """Manifest first, then the archive, so a half-deleted backup never shows."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where backups go, for health output (no secrets)."""
+
+    @abstractmethod
+    def problem(self) -> str | None:
+        """Why backups cannot be written right now, or None when they can."""
+
+
+class JobRepository(ABC):
+    """Job records: the source of truth for job state (not Celery's result backend)."""
+
+    @abstractmethod
+    def add(self, job: Job) -> None: ...
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job:
+        """Raise JobNotFound."""
+
+    @abstractmethod
+    def save(self, job: Job) -> None: ...
+
+    @abstractmethod
+    def save_progress(self, job_id: str, progress: Progress) -> None: ...
+
+    @abstractmethod
+    def find(self, filters: JobFilter, limit: int, cursor: str | None) -> Page: ...
+
+
+class TargetLock(ABC):
+    """One backup or restore per target at a time, across all workers."""
+
+    @abstractmethod
+    def hold(self, target: str, job_id: str) -> AbstractContextManager[None]:
+        """Raise TargetBusy when another job holds the target."""
+
+
+class TaskQueue(ABC):
+    """Sends work to the workers by task name, with the job id as the only argument."""
+
+    @abstractmethod
+    def enqueue(self, task_name: str, job_id: str) -> None:
+        """Raise BrokerUnavailable when the broker cannot take the message."""
+
+
+class WorkerRegistry(ABC):
+    """Which workers are alive (heartbeats)."""
+
+    @abstractmethod
+    def beat(self, worker_name: str) -> None: ...
+
+    @abstractmethod
+    def forget(self, worker_name: str) -> None: ...
+
+    @abstractmethod
+    def alive(self) -> list[str]: ...

@@ -1,0 +1,1 @@
+"""Job records, locks and worker heartbeats in Redis."""

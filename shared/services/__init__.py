@@ -1,0 +1,1 @@
+"""Services: orchestration used by both the API and the worker."""

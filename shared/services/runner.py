@@ -1,0 +1,100 @@
+"""Running a job inside a worker: lock the target, run the engine workflow, record the outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from shared.core.errors import FlexDBError
+from shared.core.logs import get_logger
+from shared.core.redaction import redact
+from shared.core.settings import Settings
+from shared.domain.backups import new_backup_id
+from shared.domain.engine import RestoreRequest
+from shared.domain.jobs import Job, JobKind, utcnow
+from shared.domain.ports import JobRepository, Storage, TargetLock
+from shared.domain.progress import ProgressTracker
+from shared.engines import engine_for
+from shared.services.targets import TargetService
+
+log = get_logger(__name__)
+Handler = Callable[[Job, ProgressTracker], dict[str, Any]]
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobRepository,
+        storage: Storage,
+        lock: TargetLock,
+        targets: TargetService,
+        timeout_errors: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self._settings = settings
+        self._jobs = jobs
+        self._storage = storage
+        self._lock = lock
+        self._targets = targets
+        self._timeout_errors = timeout_errors
+        self._handlers: dict[JobKind, Handler] = {
+            JobKind.BACKUP: self._backup,
+            JobKind.RESTORE: self._restore,
+        }
+
+    def run(self, job_id: str) -> None:
+        job = self._jobs.get(job_id)
+        if job.status.is_terminal:
+            log.info("job.skipped", job_id=job_id, status=job.status.value, reason="already finished")
+            return
+        structlog.contextvars.bind_contextvars(target=job.target, engine=job.engine, kind=job.kind.value)
+        try:
+            with self._lock.hold(job.target, job.id):
+                job.start()
+                self._jobs.save(job)
+                log.info("job.started")
+                tracker = ProgressTracker(
+                    lambda progress: self._jobs.save_progress(job.id, progress),
+                    self._settings.progress_interval_seconds,
+                )
+                result = self._handlers[job.kind](job, tracker)
+                job.progress = tracker.progress
+                job.succeed(result)
+                self._jobs.save(job)
+                log.info("job.succeeded", duration_s=job.duration_seconds, **result)
+        except FlexDBError as exc:
+            self._finish_failed(job, exc.code, exc.message)
+        except self._timeout_errors:
+            self._finish_failed(
+                job,
+                "job_timed_out",
+                f"The job ran past FLEXDB_TASK_SOFT_TIME_LIMIT ({self._settings.task_soft_time_limit} s) and was stopped.",
+            )
+        except Exception:
+            log.exception("job.crashed")
+            self._finish_failed(job, "internal_error", "The job failed unexpectedly; the worker log has the details.")
+
+    def _finish_failed(self, job: Job, code: str, message: str) -> None:
+        job.fail(code, redact(message))
+        self._jobs.save(job)
+        log.warning("job.failed", error_code=code, error=job.error.message, duration_s=job.duration_seconds)
+
+    def _backup(self, job: Job, tracker: ProgressTracker) -> dict[str, Any]:
+        target = self._targets.get(job.target)
+        engine = engine_for(target.engine, self._settings)
+        manifest = engine.backup(target, self._storage, new_backup_id(utcnow()), job.id, tracker)
+        job.backup_id = manifest.id
+        return {"size_bytes": manifest.size_bytes, "sha256": manifest.sha256, "backup_duration_s": manifest.duration_seconds}
+
+    def _restore(self, job: Job, tracker: ProgressTracker) -> dict[str, Any]:
+        target = self._targets.get(job.target)
+        engine = engine_for(target.engine, self._settings)
+        manifest = self._storage.read_manifest(job.params["backup_id"])
+        job.backup_id = manifest.id
+        request = RestoreRequest(
+            database=job.params.get("database"), drop=bool(job.params.get("drop")), options=job.params.get("options") or {}
+        )
+        details = engine.restore(target, self._storage, manifest, request, tracker)
+        return {"size_bytes": manifest.size_bytes, **details}

@@ -1,0 +1,71 @@
+"""The port through which the API sends work: Celery ``send_task`` by name.
+
+Both the worker's Celery app and this producer take their configuration from
+:func:`celery_config`, so broker settings cannot drift between the two. The API process needs
+Celery's client only, never the engines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from shared.core.errors import BrokerUnavailable
+from shared.core.settings import Settings
+from shared.domain.ports import TaskQueue
+
+BACKUP_TASK = "flexdb.backup"
+RESTORE_TASK = "flexdb.restore"
+QUEUE = "flexdb"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.redis_url,
+        # Job state lives in our own records; Celery results are not needed.
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": QUEUE,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "broker_transport_options": {
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "socket_connect_timeout": settings.connect_timeout_seconds,
+        },
+        "broker_connection_retry_on_startup": True,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_hijack_root_logger": False,
+        "worker_concurrency": settings.worker_concurrency,
+        "beat_schedule_filename": str(settings.beat_schedule_file),
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+
+
+def make_celery(settings: Settings, main: str = "flexdb") -> Celery:
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class CeleryTaskQueue(TaskQueue):
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def enqueue(self, task_name: str, job_id: str) -> None:
+        try:
+            self._app.send_task(task_name, args=[job_id], queue=QUEUE)
+        except OperationalError as exc:
+            raise BrokerUnavailable(
+                f"The broker did not take the job ({type(exc).__name__}); try again when FLEXDB_REDIS_URL answers."
+            ) from None

@@ -1,0 +1,5 @@
+"""Where archives live."""
+
+from shared.storage.local import LocalStorage
+
+__all__ = ["LocalStorage"]
