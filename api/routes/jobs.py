@@ -23,7 +23,11 @@ def create_backup():
 @bp.post("/restores")
 def create_restore():
     body = parse_body(RestoreRequestSchema())
-    return _accepted(services().jobs.submit_restore(**body))
+    return _accepted(
+        services().jobs.submit_restore(
+            body["backup_id"], body["target"], database=body["database"], drop=body["drop"], options=body["options"]
+        )
+    )
 
 
 @bp.get("/jobs/<job_id>")

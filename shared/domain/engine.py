@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, ClassVar
 
-from shared.core.errors import ChecksumMismatch
+from shared.core.errors import ChecksumMismatch, ValidationFailed
 from shared.core.logs import get_logger
 from shared.core.settings import Settings, Target
 from shared.domain.backups import BackupManifest
@@ -67,6 +68,17 @@ class BackupEngine(ABC):
     def unavailable_reason(cls) -> str | None:
         """Why this engine cannot run here (missing driver or tool), or None when it can."""
         return None
+
+    @classmethod
+    def validate_options(cls, kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a backup's or restore's ``options`` at submit time (``kind`` is "backup" or
+        "restore") and return them normalised. Default: this engine takes none."""
+        if options:
+            raise ValidationFailed(
+                f"The {cls.name} engine takes no {kind} options; remove {', '.join(sorted(options))}.",
+                errors=[{"pointer": f"/options/{key}", "detail": "unknown option"} for key in sorted(options)],
+            )
+        return {}
 
     # ----------------------------------------------------------------- hooks
 

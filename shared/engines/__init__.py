@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from shared.engines.registry import engine_for, engine_names, register_broken, unavailable_reason
+from shared.engines.registry import engine_class, engine_for, engine_names, register_broken, unavailable_reason
 
 # engine name -> module; a module that fails to import disables only its engine.
 _ENGINE_MODULES = {"postgresql": "shared.engines.postgresql"}
@@ -15,4 +15,4 @@ for _name, _module in _ENGINE_MODULES.items():
     except ImportError as _exc:  # a driver is not installed in this image
         register_broken(_name, f"driver not installed ({_exc.name or _exc})")
 
-__all__ = ["engine_for", "engine_names", "unavailable_reason"]
+__all__ = ["engine_class", "engine_for", "engine_names", "unavailable_reason"]

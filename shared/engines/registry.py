@@ -37,6 +37,13 @@ def unavailable_reason(name: str) -> str | None:
     return f"unknown engine {name!r}; known engines: {', '.join(engine_names()) or 'none'}"
 
 
+def engine_class(name: str) -> type[BackupEngine]:
+    """The registered class, even when it cannot run here (for option checks at submit)."""
+    if name not in _engines:
+        raise EngineUnavailable(f"Engine {name!r} cannot run here: {unavailable_reason(name)}")
+    return _engines[name]
+
+
 def engine_for(name: str, settings: Settings) -> BackupEngine:
     reason = unavailable_reason(name)
     if reason is not None:

@@ -8,6 +8,7 @@ from shared.core.errors import BrokerUnavailable, ValidationFailed
 from shared.core.logs import get_logger
 from shared.domain.jobs import Job, JobFilter, JobKind, Page
 from shared.domain.ports import JobRepository, TaskQueue
+from shared.engines import engine_class
 from shared.services.catalog import BackupCatalog
 from shared.services.targets import TargetService
 from shared.services.task_queue import BACKUP_TASK, RESTORE_TASK
@@ -24,7 +25,8 @@ class JobService:
 
     def submit_backup(self, target_name: str, options: dict[str, Any] | None = None) -> Job:
         target = self._targets.get(target_name)
-        job = Job(kind=JobKind.BACKUP, target=target.name, engine=target.engine, params={"options": options or {}})
+        options = engine_class(target.engine).validate_options("backup", options or {})
+        job = Job(kind=JobKind.BACKUP, target=target.name, engine=target.engine, params={"options": options})
         return self._submit(job, BACKUP_TASK)
 
     def submit_restore(
@@ -43,7 +45,8 @@ class JobService:
                 f"{target.engine}. Choose a {manifest.engine} target.",
                 errors=[{"pointer": "/target", "detail": f"must be a {manifest.engine} target"}],
             )
-        params = {"backup_id": manifest.id, "database": database, "drop": drop, "options": options or {}}
+        options = engine_class(target.engine).validate_options("restore", options or {})
+        params = {"backup_id": manifest.id, "database": database, "drop": drop, "options": options}
         job = Job(kind=JobKind.RESTORE, target=target.name, engine=target.engine, params=params)
         return self._submit(job, RESTORE_TASK)
 

@@ -1,0 +1,29 @@
+# Two commands matter: `make run` and `make test`. Both create the environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-unit venv clean help
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): requirements/base.txt requirements/api.txt requirements/worker.txt requirements/dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install everything
+
+run: $(STAMP) ## run API + worker + beat locally (Ctrl-C stops all)
+	@exec $(PY) -m scripts.run_stack
+
+test: $(STAMP) ## run the whole test suite (starts the servers it needs)
+	@exec $(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## only the fast unit tests
+	@exec $(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+clean: ## remove the environment and local state
+	rm -rf $(VENV) var

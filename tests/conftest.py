@@ -1,0 +1,111 @@
+"""Fixtures that start real servers: Redis and PostgreSQL are the machine's own; the suite
+starts a real Celery worker and the API under gunicorn, each with its own log file."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from tests.support.processes import ApiClient, ManagedProcess, free_port, python_argv, wait_for
+
+REDIS_URL = os.environ.get("FLEXDB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PG_ADMIN_URI = os.environ.get("FLEXDB_TEST_PG_URI", "postgresql://postgres@127.0.0.1:5432/postgres")
+# A password that must never show up in a log line or an API response. The machine's
+# PostgreSQL trusts local connections, so it is carried in the URI without being checked.
+CANARY_PASSWORD = "Canary-pw-" + secrets.token_hex(6)
+
+
+def pg_uri(database: str, password: str = CANARY_PASSWORD, port: int = 5432) -> str:
+    return f"postgresql://postgres:{password}@127.0.0.1:{port}/{database}"
+
+
+def pg_admin() -> psycopg.Connection:
+    return psycopg.connect(PG_ADMIN_URI, autocommit=True)
+
+
+def drop_database(name: str) -> None:
+    with pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Stack:
+    """The running service as a user meets it: an HTTP base URL and the processes' logs."""
+
+    api: ApiClient
+    env: dict[str, str]
+    storage_dir: Path
+    processes: list[ManagedProcess]
+    databases: dict[str, str] = field(default_factory=dict)
+
+    def logs(self) -> str:
+        return "\n".join(p.output() for p in self.processes)
+
+
+def service_env(tmp: Path, targets: dict, redis_url: str = REDIS_URL, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
+    env.update(
+        FLEXDB_ENV_FILE=os.devnull,
+        FLEXDB_REDIS_URL=redis_url,
+        FLEXDB_STORAGE_DIR=str(tmp / "backups"),
+        FLEXDB_BEAT_SCHEDULE_FILE=str(tmp / "beat-schedule"),
+        FLEXDB_TARGETS=json.dumps(targets),
+        FLEXDB_LOG_FORMAT="json",
+        FLEXDB_LOG_LEVEL="INFO",
+        FLEXDB_WORKER_HEARTBEAT_SECONDS="1",
+        FLEXDB_PROGRESS_INTERVAL_SECONDS="0.2",
+        FLEXDB_CONNECT_TIMEOUT_SECONDS="3",
+        FLEXDB_API_WORKERS="1",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.ping()
+    client.flushdb()
+    yield client
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_client: redis.Redis) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    suffix = secrets.token_hex(4)
+    databases = {"source": f"flexdb_it_src_{suffix}", "copy": f"flexdb_it_copy_{suffix}"}
+    with pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{databases["source"]}"')
+    targets = {
+        "pg": {"engine": "postgresql", "uri": pg_uri(databases["source"])},
+        "pg-down": {"engine": "postgresql", "uri": pg_uri("nowhere", port=free_port())},
+    }
+    port = free_port()
+    env = service_env(tmp, targets, FLEXDB_API_PORT=str(port))
+    worker = ManagedProcess(
+        "worker",
+        python_argv("-m", "celery", "-A", "worker.app", "worker", "--loglevel", "INFO", "--hostname", f"it-{suffix}@%h"),
+        env,
+        tmp / "worker.log",
+    )
+    api = ManagedProcess(
+        "api", python_argv("-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--no-control-socket", "-w", "1", "--threads", "4", "api.wsgi:app"), env, tmp / "api.log"
+    )
+    processes = [worker, api]
+    client = ApiClient(f"http://127.0.0.1:{port}/api/v1")
+    try:
+        wait_for(lambda: client.get("/health").body["components"]["workers"]["ok"], 60, what="API and worker up")
+        yield Stack(client, env, tmp / "backups", processes, databases)
+    finally:
+        for process in processes:
+            process.stop()
+        for name in databases.values():
+            drop_database(name)
