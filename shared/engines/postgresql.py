@@ -76,9 +76,7 @@ def classify_connection_error(message: str, where: str) -> FlexDBError:
     """Tell a wrong password from an unreachable server from a missing database."""
     text = redact(message.strip().splitlines()[-1] if message.strip() else message)
     lowered = message.lower()
-    if "password authentication failed" in lowered or "no password supplied" in lowered or (
-        "authentication failed" in lowered
-    ):
+    if "authentication failed" in lowered or "no password supplied" in lowered:
         return AuthenticationFailed(f"{where}: the server refused the credentials ({text}). Check the user and password in the target's URI.")
     if "does not exist" in lowered and "database" in lowered:
         return TargetUnreachable(f"{where}: {text}. Check the database name in the target's URI.")
@@ -212,9 +210,7 @@ class PostgreSQLEngine(BackupEngine):
         lowered = tail.lower()
         if "server version mismatch" in lowered:
             return ToolVersionMismatch(f"pg_dump is older than the server: {tail}")
-        if "connection" in lowered and ("refused" in lowered or "timeout" in lowered or "could not" in lowered):
-            return classify_connection_error(tail, f"Target {target.name!r}")
-        if "authentication" in lowered:
+        if "authentication" in lowered or ("connection" in lowered and ("refused" in lowered or "timeout" in lowered)):
             return classify_connection_error(tail, f"Target {target.name!r}")
         return DumpFailed(f"pg_dump failed for target {target.name!r}: {tail or 'no error output'}")
 
