@@ -16,8 +16,8 @@ $(STAMP): requirements/base.txt requirements/api.txt requirements/worker.txt req
 
 venv: $(STAMP) ## create .venv and install everything
 
-run: $(STAMP) ## run API + worker + beat locally (Ctrl-C stops all)
-	@exec $(PY) -m scripts.run_stack
+run: $(STAMP) ## run API + worker + beat locally (Ctrl-C stops all); RUN_ARGS=--no-beat or --flower
+	@exec $(PY) -m scripts.run_stack $(RUN_ARGS)
 
 test: $(STAMP) ## run the whole test suite (starts the servers it needs)
 	@exec $(PY) -m pytest $(PYTEST_ARGS)

@@ -27,9 +27,13 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-def _ensure_redis() -> None:
+def _redis_address() -> tuple[str, int]:
     url = urlsplit(os.environ.get("FLEXDB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
-    host, port = url.hostname or "127.0.0.1", url.port or 6379
+    return url.hostname or "127.0.0.1", url.port or 6379
+
+
+def _ensure_redis() -> None:
+    host, port = _redis_address()
     if _answers(host, port):
         return
     if not shutil.which("redis-server"):
@@ -61,11 +65,47 @@ def _ensure_postgresql() -> None:
     )
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+_CLAIM_KEY = "flexdb-test:claimed-by"
+_claimed: list[str] = []
+
+
+def _claim_redis_database() -> None:
+    """Give this test run a Redis database of its own, so two runs on one machine (a developer's
+    and CI's, say) never flush or read each other's keys. Database 0 is left to ``make run``."""
+    if os.environ.get("FLEXDB_TEST_REDIS_URL"):
+        return
+    import redis
+
+    host, port = _redis_address()
+    for db in range(15, 0, -1):
+        url = f"redis://{host}:{port}/{db}"
+        client = redis.Redis.from_url(url)
+        if client.set(_CLAIM_KEY, os.getpid(), nx=True, ex=6 * 3600):
+            client.flushdb()
+            client.set(_CLAIM_KEY, os.getpid(), ex=6 * 3600)
+            os.environ["FLEXDB_TEST_REDIS_URL"] = url
+            _claimed.append(url)
+            return
+    pytest.exit("Every Redis database 1-15 is claimed by another test run; wait for it or flush them.", 2)
+
+
+def pytest_load_initial_conftests(early_config, parser, args) -> None:
+    # Runs before tests/conftest.py is imported, which reads FLEXDB_TEST_REDIS_URL.
     _ensure_redis()
+    _claim_redis_database()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
     _ensure_postgresql()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import redis
+
+    for url in _claimed:
+        try:
+            redis.Redis.from_url(url).delete(_CLAIM_KEY)
+        except redis.RedisError:
+            pass
     for process in _started:
         process.stop()
