@@ -10,7 +10,8 @@ from flask import Flask, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.errors import register_error_handlers
-from api.routes import backups, jobs, system, targets
+from shared.core.errors import BrokerUnavailable
+from api.routes import backups, jobs, schedules, system, targets
 from shared.core.logs import configure_logging, get_logger
 from shared.core.settings import Settings, get_settings
 from shared.services.container import Services, build_services
@@ -30,11 +31,20 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies, x_host=settings.trusted_proxies
         )
-    for blueprint in (system.bp, targets.bp, backups.bp, jobs.bp):
+    for blueprint in (system.bp, targets.bp, backups.bp, jobs.bp, schedules.bp):
         app.register_blueprint(blueprint, url_prefix=API_PREFIX)
     register_error_handlers(app)
     _install_request_context(app)
+    _install_declared_schedules(app)
     return app
+
+
+def _install_declared_schedules(app: Flask) -> None:
+    """Beat installs them too; doing it here makes them visible before beat first starts."""
+    try:
+        app.extensions["flexdb"].schedules.sync_from_settings()
+    except BrokerUnavailable as exc:  # Redis down: the API still starts and says so in /health
+        log.warning("schedules.not_installed", error=exc.message)
 
 
 def _install_request_context(app: Flask) -> None:

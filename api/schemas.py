@@ -129,3 +129,54 @@ class ServerInfoSchema(Schema):
     server_version = fields.String()
     latency_ms = fields.Float()
     details = fields.Dict()
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+class RetentionPolicySchema(StrictSchema):
+    keep_last = fields.Integer(allow_none=True, validate=validate.Range(min=0))
+    max_age_days = fields.Integer(allow_none=True, validate=validate.Range(min=0))
+    keep_daily = fields.Integer(allow_none=True, validate=validate.Range(min=0))
+    keep_weekly = fields.Integer(allow_none=True, validate=validate.Range(min=0))
+    keep_monthly = fields.Integer(allow_none=True, validate=validate.Range(min=0))
+    min_keep = fields.Integer(validate=validate.Range(min=1), metadata={"description": "Default 1"})
+
+
+class ScheduleWriteSchema(StrictSchema):
+    """POST takes it whole (``target`` required); PATCH takes any subset."""
+
+    target = fields.String(required=True, validate=_name)
+    cron = fields.String(allow_none=True, metadata={"description": "5 fields: minute hour day-of-month month day-of-week"})
+    interval_seconds = fields.Integer(allow_none=True, strict=True)
+    timezone = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": "IANA name, default UTC"})
+    enabled = fields.Boolean()
+    options = fields.Dict(keys=fields.String())
+    retention = fields.Nested(RetentionPolicySchema, allow_none=True)
+
+
+class ScheduleSchema(Schema):
+    id = fields.String()
+    target = fields.String()
+    cron = fields.String(allow_none=True)
+    interval_seconds = fields.Integer(allow_none=True)
+    timezone = fields.String()
+    enabled = fields.Boolean()
+    options = fields.Dict()
+    retention = fields.Dict(allow_none=True)
+    source = fields.String(metadata={"description": "api, or settings (FLEXDB_SCHEDULES; read-only here)"})
+    created_at = fields.String()
+    next_run_at = fields.String(allow_none=True)
+    last_run_at = fields.String(allow_none=True)
+    last_job_id = fields.String(allow_none=True)
+    last_status = fields.String(allow_none=True, metadata={"description": "queued, running, succeeded, failed or skipped"})
+    last_message = fields.String(allow_none=True)
+    links = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class ScheduleListQuerySchema(StrictSchema):
+    target = fields.String(load_default=None, validate=_name)
+
+
+class RetentionPreviewQuerySchema(StrictSchema):
+    target = fields.String(required=True, validate=_name)

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 import redis
 
+from tests.support.mongo import MongoTestServer
 from tests.support.processes import ApiClient, ManagedProcess, free_port, python_argv, wait_for
 
 REDIS_URL = os.environ.get("FLEXDB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -21,6 +22,8 @@ PG_ADMIN_URI = os.environ.get("FLEXDB_TEST_PG_URI", "postgresql://postgres@127.0
 # A password that must never show up in a log line or an API response. The machine's
 # PostgreSQL trusts local connections, so it is carried in the URI without being checked.
 CANARY_PASSWORD = "Canary-pw-" + secrets.token_hex(6)
+# A schedule the deployment declares in FLEXDB_SCHEDULES (yearly, so it never fires in a test run).
+DECLARED_SCHEDULE = {"id": "declared-yearly", "target": "pg-sched", "cron": "0 4 1 1 *", "timezone": "Europe/Berlin"}
 
 
 def pg_uri(database: str, password: str = CANARY_PASSWORD, port: int = 5432) -> str:
@@ -49,6 +52,12 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(p.output() for p in self.processes)
 
+    def spawn(self, name: str, *args: str) -> ManagedProcess:
+        """Start one more process of the service (e.g. beat), stopped with the stack."""
+        process = ManagedProcess(name, python_argv(*args), self.env, self.storage_dir.parent / f"{name}.log")
+        self.processes.append(process)
+        return process
+
 
 def service_env(tmp: Path, targets: dict, redis_url: str = REDIS_URL, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
@@ -64,6 +73,9 @@ def service_env(tmp: Path, targets: dict, redis_url: str = REDIS_URL, **extra: s
         FLEXDB_PROGRESS_INTERVAL_SECONDS="0.2",
         FLEXDB_CONNECT_TIMEOUT_SECONDS="3",
         FLEXDB_API_WORKERS="1",
+        FLEXDB_SCHEDULE_MIN_INTERVAL_SECONDS="1",
+        FLEXDB_BEAT_MAX_INTERVAL_SECONDS="1",
+        FLEXDB_SCHEDULES=json.dumps([DECLARED_SCHEDULE]) if "pg-sched" in targets else "[]",
     )
     env.update(extra)
     return env
@@ -72,13 +84,22 @@ def service_env(tmp: Path, targets: dict, redis_url: str = REDIS_URL, **extra: s
 @pytest.fixture(scope="session")
 def redis_client() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    client.ping()
-    client.flushdb()
+    client.ping()  # the database was claimed and emptied for this run (tests/support/servers.py)
     yield client
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis_client: redis.Redis) -> Iterator[Stack]:
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoTestServer]:
+    """SecantusDB with --auth; its one user's password is the canary."""
+    server = MongoTestServer(tmp_path_factory.mktemp("secantusdb"), "flexdb", CANARY_PASSWORD)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_client: redis.Redis, mongo_server: MongoTestServer) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     suffix = secrets.token_hex(4)
     databases = {"source": f"flexdb_it_src_{suffix}", "copy": f"flexdb_it_copy_{suffix}"}
@@ -87,6 +108,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_client: redis.Redis) -
     targets = {
         "pg": {"engine": "postgresql", "uri": pg_uri(databases["source"])},
         "pg-down": {"engine": "postgresql", "uri": pg_uri("nowhere", port=free_port())},
+        # Schedules and retention get a target of their own, so retention never deletes the
+        # backups other tests made.
+        "pg-sched": {"engine": "postgresql", "uri": pg_uri(databases["source"])},
+        "mongo": {"engine": "mongodb", "uri": mongo_server.uri(f"flexdb_it_{suffix}")},
+        "mongo-all": {"engine": "mongodb", "uri": mongo_server.uri()},
+        "mongo-down": {"engine": "mongodb", "uri": mongo_server.uri("nowhere", port=free_port())},
+        "mongo-badauth": {"engine": "mongodb", "uri": mongo_server.uri(f"flexdb_it_{suffix}", password="Wrong-" + CANARY_PASSWORD)},
+        "mongo-some": {
+            "engine": "mongodb",
+            "uri": mongo_server.uri(f"flexdb_it_some_{suffix}"),
+            "options": {"exclude_collections": ["scratch"]},
+        },
     }
     port = free_port()
     env = service_env(tmp, targets, FLEXDB_API_PORT=str(port))

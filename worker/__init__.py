@@ -12,7 +12,8 @@ from shared.core.logs import configure_logging, get_logger
 from shared.core.settings import Settings, get_settings
 from shared.services.container import Services, build_services
 from shared.services.runner import JobRunner
-from shared.services.task_queue import BACKUP_TASK, RESTORE_TASK, make_celery
+from shared.domain.tasks import BACKUP_TASK, RESTORE_TASK, RETENTION_TASK, SCHEDULED_BACKUP_TASK
+from shared.services.task_queue import make_celery
 
 log = get_logger("worker")
 
@@ -27,16 +28,17 @@ def create_celery(settings: Settings | None = None) -> Celery:
         services.storage,
         services.lock,
         services.targets,
+        services.retention,
         timeout_errors=(SoftTimeLimitExceeded,),
     )
-    _register_tasks(app, runner)
-    _connect_signals(settings)
+    _register_tasks(app, runner, services)
+    _connect_signals(settings, services)
     app.steps["worker"].add(_heartbeat_step(services))
     return app
 
 
-def _register_tasks(app: Celery, runner: JobRunner) -> None:
-    # The job id is the only argument: no URI or password ever sits in the broker or Flower.
+def _register_tasks(app: Celery, runner: JobRunner, services: Services) -> None:
+    # Ids are the only arguments: no URI or password ever sits in the broker or Flower.
     @app.task(name=BACKUP_TASK)
     def backup(job_id: str) -> None:
         runner.run(job_id)
@@ -45,10 +47,22 @@ def _register_tasks(app: Celery, runner: JobRunner) -> None:
     def restore(job_id: str) -> None:
         runner.run(job_id)
 
+    @app.task(name=SCHEDULED_BACKUP_TASK)
+    def scheduled_backup(schedule_id: str) -> None:
+        structlog.contextvars.bind_contextvars(schedule_id=schedule_id)
+        services.schedules.fire(schedule_id)
 
-def _connect_signals(settings: Settings) -> None:
+    @app.task(name=RETENTION_TASK)
+    def retention() -> None:
+        services.retention.apply_all(trigger="daily retention pass")
+
+
+def _connect_signals(settings: Settings, services: Services) -> None:
     def setup_logging(**_kwargs) -> None:
         configure_logging(settings)
+
+    def install_declared_schedules(**_kwargs) -> None:
+        services.schedules.sync_from_settings()
 
     def bind_job(task_id=None, task=None, args=None, **_kwargs) -> None:
         structlog.contextvars.clear_contextvars()
@@ -59,6 +73,7 @@ def _connect_signals(settings: Settings) -> None:
         structlog.contextvars.clear_contextvars()
 
     signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid="flexdb.setup_logging")
+    signals.beat_init.connect(install_declared_schedules, weak=False, dispatch_uid="flexdb.install_schedules")
     signals.task_prerun.connect(bind_job, weak=False, dispatch_uid="flexdb.bind_job")
     signals.task_postrun.connect(unbind_job, weak=False, dispatch_uid="flexdb.unbind_job")
 

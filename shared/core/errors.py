@@ -58,6 +58,10 @@ class JobNotFound(NotFound):
     code, title = "job_not_found", "Job not found"
 
 
+class ScheduleNotFound(NotFound):
+    code, title = "schedule_not_found", "Schedule not found"
+
+
 class MethodNotAllowed(FlexDBError):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 
@@ -68,6 +72,10 @@ class Conflict(FlexDBError):
 
 class TargetNotEmpty(Conflict):
     code, title = "target_not_empty", "Target is not empty"
+
+
+class ScheduleManagedBySettings(Conflict):
+    code, title = "schedule_managed_by_settings", "Schedule is declared in settings"
 
 
 class TargetBusy(Conflict):

@@ -34,6 +34,8 @@ class Target:
     engine: str
     uri: str = field(repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
+    # The target's retention policy as declared (validated when the services start).
+    retention: Mapping[str, Any] | None = None
 
     @property
     def masked_uri(self) -> str:
@@ -70,6 +72,21 @@ class Settings:
     retry_after_seconds: int = 2
     trusted_proxies: int = 0
     api_max_body_bytes: int = 1024 * 1024
+    api_timeout_seconds: int = 60
+    stop_grace_seconds: int = 10
+    flower_host: str = "127.0.0.1"
+    flower_port: int = 5555
+    # MongoDB: gzip by default so the official `mongorestore --archive --gzip` reads our files.
+    mongo_compression: str = "gzip"
+    mongo_batch_bytes: int = 8 * 1024 * 1024
+    # Documents per read batch of a dump; the server caps a batch at 16 MiB whatever this says.
+    mongo_read_batch_docs: int = 1000
+
+    # Schedules declared by the deployment (validated by the schedule service at start).
+    schedules: tuple[Mapping[str, Any], ...] = ()
+    schedule_min_interval_seconds: int = 60
+    beat_max_interval_seconds: int = 5
+    retention_cron: str = "30 3 * * *"
 
     # ------------------------------------------------------------------ construction
 
@@ -113,6 +130,21 @@ class Settings:
             retry_after_seconds=reader.get("RETRY_AFTER_SECONDS", cls.retry_after_seconds, _int_in(1, 3600)),
             trusted_proxies=reader.get("TRUSTED_PROXIES", cls.trusted_proxies, _int_in(0, 10)),
             api_max_body_bytes=reader.get("API_MAX_BODY_BYTES", cls.api_max_body_bytes, _int_in(1024, 64 * 2**20)),
+            api_timeout_seconds=reader.get("API_TIMEOUT_SECONDS", cls.api_timeout_seconds, _int_in(1, 24 * 3600)),
+            stop_grace_seconds=reader.get("STOP_GRACE_SECONDS", cls.stop_grace_seconds, _int_in(1, 3600)),
+            flower_host=reader.get("FLOWER_HOST", cls.flower_host, _non_empty),
+            flower_port=reader.get("FLOWER_PORT", cls.flower_port, _int_in(1, 65535)),
+            mongo_compression=reader.get("MONGO_COMPRESSION", cls.mongo_compression, _choice("gzip", "zstd", "none")),
+            mongo_batch_bytes=reader.get("MONGO_BATCH_BYTES", cls.mongo_batch_bytes, _int_in(64 * 1024, 48 * 2**20)),
+            mongo_read_batch_docs=reader.get("MONGO_READ_BATCH_DOCS", cls.mongo_read_batch_docs, _int_in(0, 10**6)),
+            schedules=reader.json_list("SCHEDULES"),
+            schedule_min_interval_seconds=reader.get(
+                "SCHEDULE_MIN_INTERVAL_SECONDS", cls.schedule_min_interval_seconds, _int_in(1, 10**7)
+            ),
+            beat_max_interval_seconds=reader.get(
+                "BEAT_MAX_INTERVAL_SECONDS", cls.beat_max_interval_seconds, _int_in(1, 300)
+            ),
+            retention_cron=reader.get("RETENTION_CRON", cls.retention_cron, _non_empty),
             targets=reader.targets(),
         )
         if not reader.errors:
@@ -158,6 +190,20 @@ class _EnvReader:
             self.errors.append(f"{ENV_PREFIX}{name}: {exc}")
             return default
 
+    def json_list(self, name: str) -> tuple[Mapping[str, Any], ...]:
+        raw = self.env.get(ENV_PREFIX + name, "").strip()
+        if not raw:
+            return ()
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            self.errors.append(f"{ENV_PREFIX}{name}: not valid JSON ({exc.msg} at position {exc.pos})")
+            return ()
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            self.errors.append(f"{ENV_PREFIX}{name}: must be a JSON list of objects")
+            return ()
+        return tuple(data)
+
     def targets(self) -> dict[str, Target]:
         raw = self.env.get(ENV_PREFIX + "TARGETS", "").strip()
         source = ENV_PREFIX + "TARGETS"
@@ -190,7 +236,7 @@ class _EnvReader:
             ):
                 self.errors.append(f'{where}: needs string fields "engine" and "uri"')
                 continue
-            unknown = set(spec) - {"engine", "uri", "options"}
+            unknown = set(spec) - {"engine", "uri", "options", "retention"}
             if unknown:
                 self.errors.append(f"{where}: unknown fields {sorted(unknown)}")
                 continue
@@ -198,7 +244,9 @@ class _EnvReader:
             if not parts.scheme or not (parts.hostname or parts.path):
                 self.errors.append(f"{where}: uri must look like scheme://user:password@host:port/database")
                 continue
-            targets[name] = Target(name, spec["engine"], spec["uri"], dict(spec.get("options") or {}))
+            targets[name] = Target(
+                name, spec["engine"], spec["uri"], dict(spec.get("options") or {}), spec.get("retention")
+            )
         return targets
 
 
@@ -214,30 +262,26 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+def _number_in(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
         try:
-            value = int(raw)
+            value = kind(raw)
         except ValueError:
-            raise ValueError(f"{raw!r} is not a whole number") from None
+            noun = "whole number" if kind is int else "number"
+            raise ValueError(f"{raw!r} is not a {noun}") from None
         if not low <= value <= high:
             raise ValueError(f"{value} is outside {low}..{high}")
         return value
 
     return parse
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    return _number_in(int, low, high)
 
 
 def _float_in(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a number") from None
-        if not low <= value <= high:
-            raise ValueError(f"{value} is outside {low}..{high}")
-        return value
-
-    return parse
+    return _number_in(float, low, high)
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:

@@ -19,6 +19,7 @@ from shared.core.errors import ChecksumMismatch, ValidationFailed
 from shared.core.logs import get_logger
 from shared.core.settings import Settings, Target
 from shared.domain.backups import BackupManifest
+from shared.domain.jobs import iso_utc
 from shared.domain.ports import Storage
 from shared.domain.progress import ProgressTracker
 from shared.domain.streams import HashingWriter, sha256_of
@@ -49,10 +50,6 @@ class DumpResult:
     database: str | None = None
     server_version: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 class BackupEngine(ABC):
@@ -91,8 +88,16 @@ class BackupEngine(ABC):
         """The version of the dump tool or driver that writes the archives."""
 
     @abstractmethod
-    def dump(self, target: Target, sink: HashingWriter, progress: ProgressTracker, server: ServerInfo) -> DumpResult:
-        """Stream the archive into ``sink``; raise DumpFailed (or a more specific error)."""
+    def dump(
+        self,
+        target: Target,
+        sink: HashingWriter,
+        progress: ProgressTracker,
+        server: ServerInfo,
+        options: Mapping[str, Any],
+    ) -> DumpResult:
+        """Stream the archive into ``sink``; raise DumpFailed (or a more specific error).
+        ``options`` are the job's, already checked by :meth:`validate_options`."""
 
     @abstractmethod
     def prepare_restore(self, target: Target, manifest: BackupManifest, request: RestoreRequest) -> None:
@@ -114,14 +119,22 @@ class BackupEngine(ABC):
 
     # ----------------------------------------------------------------- template methods
 
-    def backup(self, target: Target, storage: Storage, backup_id: str, job_id: str, progress: ProgressTracker) -> BackupManifest:
+    def backup(
+        self,
+        target: Target,
+        storage: Storage,
+        backup_id: str,
+        job_id: str,
+        progress: ProgressTracker,
+        options: Mapping[str, Any] | None = None,
+    ) -> BackupManifest:
         started_wall, started = datetime.now(timezone.utc), time.monotonic()
         progress.stage("connecting")
         server = self.probe(target)
         progress.stage("dumping")
         with storage.open_sink(backup_id, self.archive_name) as sink:
             hashing = HashingWriter(sink, progress)
-            result = self.dump(target, hashing, progress, server)
+            result = self.dump(target, hashing, progress, server, options or {})
             sink.commit()
         manifest = BackupManifest(
             id=backup_id,
@@ -129,8 +142,8 @@ class BackupEngine(ABC):
             engine=self.name,
             format=self.archive_format,
             archive_name=self.archive_name,
-            created_at=_iso(started_wall),
-            finished_at=_iso(datetime.now(timezone.utc)),
+            created_at=iso_utc(started_wall),
+            finished_at=iso_utc(datetime.now(timezone.utc)),
             duration_seconds=round(time.monotonic() - started, 3),
             size_bytes=hashing.size,
             sha256=hashing.sha256,

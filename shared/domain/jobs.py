@@ -13,11 +13,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso_utc(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
-def _parse(moment: str | None) -> datetime | None:
+def parse_iso(moment: str | None) -> datetime | None:
     return datetime.fromisoformat(moment.replace("Z", "+00:00")) if moment else None
 
 
@@ -132,9 +132,9 @@ class Job:
             "target": self.target,
             "engine": self.engine,
             "params": self.params,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "created_at": iso_utc(self.created_at),
+            "started_at": iso_utc(self.started_at),
+            "finished_at": iso_utc(self.finished_at),
             "progress": self.progress.to_dict(),
             "backup_id": self.backup_id,
             "result": self.result,
@@ -150,9 +150,9 @@ class Job:
             target=data["target"],
             engine=data["engine"],
             params=data.get("params") or {},
-            created_at=_parse(data["created_at"]) or utcnow(),
-            started_at=_parse(data.get("started_at")),
-            finished_at=_parse(data.get("finished_at")),
+            created_at=parse_iso(data["created_at"]) or utcnow(),
+            started_at=parse_iso(data.get("started_at")),
+            finished_at=parse_iso(data.get("finished_at")),
             progress=Progress.from_dict(data.get("progress")),
             backup_id=data.get("backup_id"),
             result=data.get("result") or {},

@@ -5,10 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import BinaryIO
 
 from shared.domain.backups import BackupManifest
 from shared.domain.jobs import Job, JobFilter, Page, Progress
+from shared.domain.schedules import Schedule
 
 
 class ArchiveSink(ABC):
@@ -94,6 +96,10 @@ class TargetLock(ABC):
     def hold(self, target: str, job_id: str) -> AbstractContextManager[None]:
         """Raise TargetBusy when another job holds the target."""
 
+    @abstractmethod
+    def holder(self, target: str) -> str | None:
+        """The id of the job holding the target, or None when it is free."""
+
 
 class TaskQueue(ABC):
     """Sends work to the workers by task name, with the job id as the only argument."""
@@ -101,6 +107,40 @@ class TaskQueue(ABC):
     @abstractmethod
     def enqueue(self, task_name: str, job_id: str) -> None:
         """Raise BrokerUnavailable when the broker cannot take the message."""
+
+
+class ScheduleRepository(ABC):
+    """Schedule records (what the API shows); the trigger below makes beat fire them."""
+
+    @abstractmethod
+    def save(self, schedule: Schedule) -> None: ...
+
+    @abstractmethod
+    def get(self, schedule_id: str) -> Schedule:
+        """Raise ScheduleNotFound."""
+
+    @abstractmethod
+    def all(self) -> list[Schedule]: ...
+
+    @abstractmethod
+    def delete(self, schedule_id: str) -> None: ...
+
+
+class ScheduleTrigger(ABC):
+    """Makes the scheduler fire ``schedule`` (or stop firing it)."""
+
+    @abstractmethod
+    def validate(self, schedule: Schedule) -> None:
+        """Raise ValidationFailed when the scheduler cannot run this timing."""
+
+    @abstractmethod
+    def install(self, schedule: Schedule) -> None: ...
+
+    @abstractmethod
+    def remove(self, schedule_id: str) -> None: ...
+
+    @abstractmethod
+    def next_run_at(self, schedule: Schedule) -> datetime | None: ...
 
 
 class WorkerRegistry(ABC):

@@ -7,7 +7,7 @@ import importlib
 from shared.engines.registry import engine_class, engine_for, engine_names, register_broken, unavailable_reason
 
 # engine name -> module; a module that fails to import disables only its engine.
-_ENGINE_MODULES = {"postgresql": "shared.engines.postgresql"}
+_ENGINE_MODULES = {"postgresql": "shared.engines.postgresql", "mongodb": "shared.engines.mongodb"}
 
 for _name, _module in _ENGINE_MODULES.items():
     try:

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from shared.core.errors import (
@@ -173,7 +174,14 @@ class PostgreSQLEngine(BackupEngine):
                 f"postgresql-client-{server_major} or newer on the worker, or point FLEXDB_PG_BIN_DIR at it."
             )
 
-    def dump(self, target: Target, sink: HashingWriter, progress: ProgressTracker, server: ServerInfo) -> DumpResult:
+    def dump(
+        self,
+        target: Target,
+        sink: HashingWriter,
+        progress: ProgressTracker,
+        server: ServerInfo,
+        options: Mapping[str, Any],
+    ) -> DumpResult:
         self._check_tool_version(server)
         progress.set_total(server.details.get("tables") or None)
         with tempfile.NamedTemporaryFile(prefix="pg_dump-", suffix=".log") as stderr:

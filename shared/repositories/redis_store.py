@@ -1,7 +1,8 @@
 """Redis-backed job records, target locks and worker heartbeats.
 
 Keys: ``flexdb:job:<id>`` (JSON, with TTL), ``flexdb:jobs`` (sorted set by creation time, for
-newest-first listing), ``flexdb:lock:<target>``, ``flexdb:worker:<name>`` (TTL heartbeat).
+newest-first listing), ``flexdb:lock:<target>``, ``flexdb:worker:<name>`` (TTL heartbeat),
+``flexdb:schedules`` (hash: schedule id -> JSON).
 A job's state change is also published on ``flexdb:job-events:<id>`` so waiters wake at once.
 """
 
@@ -16,9 +17,10 @@ from typing import Any, TypeVar
 
 import redis
 
-from shared.core.errors import BrokerUnavailable, JobNotFound, TargetBusy
+from shared.core.errors import BrokerUnavailable, JobNotFound, ScheduleNotFound, TargetBusy
 from shared.domain.jobs import Job, JobFilter, Page, Progress
-from shared.domain.ports import JobRepository, TargetLock, WorkerRegistry
+from shared.domain.ports import JobRepository, ScheduleRepository, TargetLock, WorkerRegistry
+from shared.domain.schedules import Schedule
 
 PREFIX = "flexdb"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -149,7 +151,7 @@ class RedisTargetLock(TargetLock):
         except redis.RedisError:
             raise BrokerUnavailable("Redis is not answering; cannot take the target lock.") from None
         if not acquired:
-            holder = self._redis.get(f"{PREFIX}:lock:{target}")
+            holder = self.holder(target)
             raise TargetBusy(
                 f"Target {target!r} is busy with job {holder}; one backup or restore runs per target at a time. "
                 "Submit again when that job has finished."
@@ -161,6 +163,37 @@ class RedisTargetLock(TargetLock):
                 lock.release()
             except redis.exceptions.LockError:
                 pass  # expired already: nothing to release
+
+
+    @redis_errors
+    def holder(self, target: str) -> str | None:
+        return self._redis.get(f"{PREFIX}:lock:{target}")
+
+
+class RedisScheduleRepository(ScheduleRepository):
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._key = f"{PREFIX}:schedules"
+
+    @redis_errors
+    def save(self, schedule: Schedule) -> None:
+        self._redis.hset(self._key, schedule.id, json.dumps(schedule.to_dict()))
+
+    @redis_errors
+    def get(self, schedule_id: str) -> Schedule:
+        raw = self._redis.hget(self._key, schedule_id)
+        if raw is None:
+            raise ScheduleNotFound(f"No schedule with id {schedule_id!r}.")
+        return Schedule.from_dict(json.loads(raw))
+
+    @redis_errors
+    def all(self) -> list[Schedule]:
+        schedules = [Schedule.from_dict(json.loads(raw)) for raw in self._redis.hvals(self._key)]
+        return sorted(schedules, key=lambda s: (s.target, s.created_at, s.id))
+
+    @redis_errors
+    def delete(self, schedule_id: str) -> None:
+        self._redis.hdel(self._key, schedule_id)
 
 
 class RedisWorkerRegistry(WorkerRegistry):

@@ -8,8 +8,10 @@ import redis
 from celery import Celery
 
 from shared.core.settings import Settings
+from shared.repositories.beat import RedBeatTrigger
 from shared.repositories.redis_store import (
     RedisJobRepository,
+    RedisScheduleRepository,
     RedisTargetLock,
     RedisWorkerRegistry,
     make_redis,
@@ -17,7 +19,10 @@ from shared.repositories.redis_store import (
 from shared.services.catalog import BackupCatalog
 from shared.services.health import HealthService
 from shared.services.jobs import JobService
+from shared.services.retention import RetentionService
+from shared.services.schedules import ScheduleService
 from shared.services.targets import TargetService
+from shared.domain.tasks import QUEUE
 from shared.services.task_queue import CeleryTaskQueue, make_celery
 from shared.storage import LocalStorage
 
@@ -35,6 +40,8 @@ class Services:
     catalog: BackupCatalog
     jobs: JobService
     health: HealthService
+    schedules: ScheduleService
+    retention: RetentionService
 
 
 def build_services(settings: Settings, celery: Celery | None = None) -> Services:
@@ -45,16 +52,25 @@ def build_services(settings: Settings, celery: Celery | None = None) -> Services
     workers = RedisWorkerRegistry(client, settings.worker_heartbeat_seconds * 3)
     targets = TargetService(settings)
     catalog = BackupCatalog(storage)
+    lock = RedisTargetLock(client, settings.lock_ttl_seconds, settings.lock_wait_seconds)
+    jobs = JobService(jobs_repo, CeleryTaskQueue(celery), targets, catalog)
+    schedule_repo = RedisScheduleRepository(client)
+    retention = RetentionService(storage, jobs_repo, schedule_repo, targets)
+    retention.check_settings()
     return Services(
         settings=settings,
         redis=client,
         celery=celery,
         jobs_repo=jobs_repo,
         storage=storage,
-        lock=RedisTargetLock(client, settings.lock_ttl_seconds, settings.lock_wait_seconds),
+        lock=lock,
         workers=workers,
         targets=targets,
         catalog=catalog,
-        jobs=JobService(jobs_repo, CeleryTaskQueue(celery), targets, catalog),
+        jobs=jobs,
         health=HealthService(settings, client, workers, storage, targets),
+        schedules=ScheduleService(
+            settings, schedule_repo, RedBeatTrigger(celery, QUEUE), targets, jobs, jobs_repo, lock
+        ),
+        retention=retention,
     )

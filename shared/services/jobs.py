@@ -11,7 +11,7 @@ from shared.domain.ports import JobRepository, TaskQueue
 from shared.engines import engine_class
 from shared.services.catalog import BackupCatalog
 from shared.services.targets import TargetService
-from shared.services.task_queue import BACKUP_TASK, RESTORE_TASK
+from shared.domain.tasks import BACKUP_TASK, RESTORE_TASK
 
 log = get_logger(__name__)
 
@@ -23,10 +23,14 @@ class JobService:
         self._targets = targets
         self._catalog = catalog
 
-    def submit_backup(self, target_name: str, options: dict[str, Any] | None = None) -> Job:
+    def submit_backup(
+        self, target_name: str, options: dict[str, Any] | None = None, schedule_id: str | None = None
+    ) -> Job:
         target = self._targets.get(target_name)
-        options = engine_class(target.engine).validate_options("backup", options or {})
-        job = Job(kind=JobKind.BACKUP, target=target.name, engine=target.engine, params={"options": options})
+        params: dict[str, Any] = {"options": engine_class(target.engine).validate_options("backup", options or {})}
+        if schedule_id:
+            params["schedule_id"] = schedule_id
+        job = Job(kind=JobKind.BACKUP, target=target.name, engine=target.engine, params=params)
         return self._submit(job, BACKUP_TASK)
 
     def submit_restore(

@@ -17,6 +17,7 @@ from shared.domain.jobs import Job, JobKind, utcnow
 from shared.domain.ports import JobRepository, Storage, TargetLock
 from shared.domain.progress import ProgressTracker
 from shared.engines import engine_for
+from shared.services.retention import RetentionService
 from shared.services.targets import TargetService
 
 log = get_logger(__name__)
@@ -31,6 +32,7 @@ class JobRunner:
         storage: Storage,
         lock: TargetLock,
         targets: TargetService,
+        retention: RetentionService,
         timeout_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._settings = settings
@@ -38,6 +40,7 @@ class JobRunner:
         self._storage = storage
         self._lock = lock
         self._targets = targets
+        self._retention = retention
         self._timeout_errors = timeout_errors
         self._handlers: dict[JobKind, Handler] = {
             JobKind.BACKUP: self._backup,
@@ -64,6 +67,8 @@ class JobRunner:
                 job.succeed(result)
                 self._jobs.save(job)
                 log.info("job.succeeded", duration_s=job.duration_seconds, **result)
+                if job.kind is JobKind.BACKUP:
+                    self._apply_retention(job)
         except FlexDBError as exc:
             self._finish_failed(job, exc.code, exc.message)
         except self._timeout_errors:
@@ -76,6 +81,13 @@ class JobRunner:
             log.exception("job.crashed")
             self._finish_failed(job, "internal_error", "The job failed unexpectedly; the worker log has the details.")
 
+    def _apply_retention(self, job: Job) -> None:
+        """After a good backup, never before: a failing target keeps what it has."""
+        try:
+            self._retention.apply(job.target, trigger=f"after backup job {job.id}")
+        except FlexDBError as exc:
+            log.warning("retention.failed", error_code=exc.code, error=exc.message)
+
     def _finish_failed(self, job: Job, code: str, message: str) -> None:
         job.fail(code, redact(message))
         self._jobs.save(job)
@@ -84,7 +96,9 @@ class JobRunner:
     def _backup(self, job: Job, tracker: ProgressTracker) -> dict[str, Any]:
         target = self._targets.get(job.target)
         engine = engine_for(target.engine, self._settings)
-        manifest = engine.backup(target, self._storage, new_backup_id(utcnow()), job.id, tracker)
+        manifest = engine.backup(
+            target, self._storage, new_backup_id(utcnow()), job.id, tracker, options=job.params.get("options")
+        )
         job.backup_id = manifest.id
         return {"size_bytes": manifest.size_bytes, "sha256": manifest.sha256, "backup_duration_s": manifest.duration_seconds}
 

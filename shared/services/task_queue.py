@@ -10,15 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu.exceptions import OperationalError
 
 from shared.core.errors import BrokerUnavailable
 from shared.core.settings import Settings
 from shared.domain.ports import TaskQueue
+from shared.domain.schedules import split_cron
+from shared.domain.tasks import QUEUE, RETENTION_TASK
 
-BACKUP_TASK = "flexdb.backup"
-RESTORE_TASK = "flexdb.restore"
-QUEUE = "flexdb"
+BEAT_KEY_PREFIX = "flexdb:beat:"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -47,6 +48,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_concurrency": settings.worker_concurrency,
         "beat_schedule_filename": str(settings.beat_schedule_file),
+        # Beat keeps its schedule in Redis (RedBeat): entries changed over the API apply at the
+        # next tick, and RedBeat's lock lets only one beat process fire.
+        "beat_scheduler": "shared.repositories.beat:FlexDBScheduler",
+        "beat_max_loop_interval": settings.beat_max_interval_seconds,
+        "redbeat_redis_url": settings.redis_url,
+        "redbeat_key_prefix": BEAT_KEY_PREFIX,
+        "redbeat_redis_options": {"socket_connect_timeout": settings.connect_timeout_seconds},
+        "redbeat_lock_timeout": settings.beat_max_interval_seconds * 5,
+        "beat_schedule": {
+            "flexdb-retention-daily": {
+                "task": RETENTION_TASK,
+                "schedule": crontab(**split_cron(settings.retention_cron)),
+                "options": {"queue": QUEUE},
+            }
+        },
         "enable_utc": True,
         "timezone": "UTC",
     }

@@ -32,7 +32,7 @@ class ChunkEngine(BackupEngine):
     def tool_version(self) -> str:
         return "demo 1"
 
-    def dump(self, target, sink, progress, server) -> DumpResult:
+    def dump(self, target, sink, progress, server, options) -> DumpResult:
         for index, chunk in enumerate(self.chunks):
             if index == self.fail_after:
                 raise DumpFailed("the dump tool died")

@@ -1,0 +1,141 @@
+"""Retention: which backups of a target to keep. Pure logic, no I/O.
+
+A policy combines rules; a backup is kept when **any** rule keeps it:
+
+- ``keep_last`` N: the N newest backups;
+- ``max_age_days`` D: every backup at most D days old;
+- ``keep_daily`` / ``keep_weekly`` / ``keep_monthly`` N: for each of the N newest calendar days
+  (ISO weeks, months; UTC) that have backups, the newest backup of that period;
+- ``min_keep`` (default 1, at least 1): the newest backups, always, whatever the other rules say,
+  so that age-based rules never delete the last good backups while new backups keep failing.
+
+A policy with no rule but ``min_keep`` deletes nothing. Only complete backups are ever planned
+(a failed run leaves no manifest), so "newest" always means newest *successful*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.core.errors import ValidationFailed
+from shared.domain.jobs import iso_utc
+
+_RULES = ("keep_last", "max_age_days", "keep_daily", "keep_weekly", "keep_monthly")
+_PERIODS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
+    "keep_daily": lambda t: (t.year, t.month, t.day),
+    "keep_weekly": lambda t: tuple(t.isocalendar()[:2]),
+    "keep_monthly": lambda t: (t.year, t.month),
+}
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    keep_last: int | None = None
+    max_age_days: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    min_keep: int = 1
+
+    @property
+    def deletes_anything(self) -> bool:
+        return any(getattr(self, rule) is not None for rule in _RULES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, pointer: str = "/retention") -> RetentionPolicy:
+        """Validate a policy from JSON; errors point at the offending field."""
+        data = dict(data or {})
+        errors = [
+            {"pointer": f"{pointer}/{key}", "detail": "unknown retention rule"}
+            for key in sorted(set(data) - {*_RULES, "min_keep"})
+        ]
+        for key in (*_RULES, "min_keep"):
+            value = data.get(key)
+            if value is None:
+                continue
+            low = 1 if key == "min_keep" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                errors.append({"pointer": f"{pointer}/{key}", "detail": f"must be a whole number >= {low}"})
+        if errors:
+            raise ValidationFailed("The retention policy is invalid: " + "; ".join(e["pointer"] for e in errors), errors)
+        return cls(**{key: data[key] for key in data if data[key] is not None})
+
+
+@dataclass(frozen=True)
+class BackupRef:
+    id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RetentionDecision:
+    backup: BackupRef
+    keep: bool
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backup_id": self.backup.id,
+            "created_at": iso_utc(self.backup.created_at),
+            "keep": self.keep,
+            "reasons": list(self.reasons),
+        }
+
+
+def newest_first(backups: Iterable[BackupRef]) -> list[BackupRef]:
+    return sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True)
+
+
+def plan_retention(backups: Iterable[BackupRef], policies: Iterable[RetentionPolicy], now: datetime) -> list[RetentionDecision]:
+    """Decide for each backup, newest first. Several policies (e.g. two schedules of one
+    target) combine safely: a backup is kept when any of them keeps it."""
+    ordered = newest_first(backups)
+    reasons: dict[str, list[str]] = {b.id: [] for b in ordered}
+    policies = list(policies)
+    for policy in policies:
+        for backup in _kept_by(policy, ordered, now):
+            for reason in backup[1]:
+                if reason not in reasons[backup[0].id]:
+                    reasons[backup[0].id].append(reason)
+    if not any(p.deletes_anything for p in policies):
+        for backup in ordered:
+            reasons[backup.id].append("no deleting rule")
+    return [RetentionDecision(b, bool(reasons[b.id]), tuple(reasons[b.id])) for b in ordered]
+
+
+def _kept_by(policy: RetentionPolicy, ordered: list[BackupRef], now: datetime) -> list[tuple[BackupRef, list[str]]]:
+    kept: dict[str, tuple[BackupRef, list[str]]] = {}
+
+    def keep(backup: BackupRef, reason: str) -> None:
+        kept.setdefault(backup.id, (backup, []))[1].append(reason)
+
+    for backup in ordered[: policy.min_keep]:
+        keep(backup, "min_keep")
+    if policy.keep_last:
+        for backup in ordered[: policy.keep_last]:
+            keep(backup, "keep_last")
+    if policy.max_age_days is not None:
+        cutoff = now - timedelta(days=policy.max_age_days)
+        for backup in ordered:
+            if backup.created_at >= cutoff:
+                keep(backup, "max_age_days")
+    for rule, period_of in _PERIODS.items():
+        count = getattr(policy, rule)
+        if not count:
+            continue
+        seen: set[tuple[int, ...]] = set()
+        for backup in ordered:  # newest first: the first one seen in a period is its newest
+            period = period_of(backup.created_at)
+            if period in seen:
+                continue
+            seen.add(period)
+            if len(seen) > count:
+                break
+            keep(backup, rule)
+    return list(kept.values())

@@ -1,0 +1,613 @@
+"""MongoDB: pymongo streams raw BSON into the ``mongodump --archive`` format; restore replays it.
+
+No mongodump/mongorestore binary is needed. Documents travel as the raw bytes the server sent
+(``find_raw_batches`` → archive → ``insert_many`` of ``RawBSONDocument``) and are never decoded,
+so every BSON type survives byte for byte and memory stays flat whatever a collection's size:
+at most one server batch, one archive block and one insert batch are held at a time.
+
+The archive is what ``mongorestore --archive --gzip`` reads (gzip by default), and restore
+accepts archives written by the real ``mongodump --archive`` (plain, gzip or zstd).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from bson.raw_bson import RawBSONDocument
+from bson.son import SON
+
+from shared.core.errors import (
+    ArchiveCorrupt,
+    AuthenticationFailed,
+    ConfigurationError,
+    DumpFailed,
+    FlexDBError,
+    RestoreFailed,
+    TargetNotEmpty,
+    TargetUnreachable,
+    ValidationFailed,
+)
+from shared.core.logs import get_logger
+from shared.core.redaction import redact
+from shared.core.settings import Settings, Target
+from shared.domain.backups import BackupManifest
+from shared.domain.engine import BackupEngine, DumpResult, RestoreRequest, ServerInfo
+from shared.domain.ports import Storage
+from shared.domain.progress import ProgressTracker
+from shared.domain.streams import HashingWriter
+from shared.engines.mongodb_archive import (
+    ArchiveReader,
+    ArchiveWriter,
+    Codec,
+    CollectionEntry,
+    DocumentBatch,
+    NamespaceEnd,
+    NamespaceStart,
+    build_metadata,
+    open_compressed_writer,
+    open_decompressing_reader,
+    parse_server_version,
+    verify,
+)
+from shared.engines.registry import register
+
+try:
+    import pymongo
+    from pymongo import MongoClient
+    from pymongo.database import Database
+    from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+    from pymongo.errors import ConfigurationError as MongoConfigurationError
+    from pymongo.uri_parser import parse_uri
+except ImportError:  # the engine reports itself unavailable instead
+    pymongo = None  # type: ignore[assignment]
+
+log = get_logger(__name__)
+
+SYSTEM_DATABASES = frozenset({"admin", "config", "local"})
+ARCHIVE_NAMES = {"gzip": "archive.gz", "zstd": "archive.zst", "none": "archive"}
+BUCKETS_PREFIX = "system.buckets."
+# Characters MongoDB refuses in a database name (and '.' which would split the namespace).
+_DB_NAME_FORBIDDEN = frozenset('/\\. "$*<>:|?\0')
+_DB_NAME_MAX_BYTES = 63
+_AUTH_FAILED, _UNAUTHORIZED = 18, 13
+_OPTION_KEYS = {"backup": ("collections", "exclude_collections"), "restore": ("collections",)}
+
+
+# --------------------------------------------------------------------------- options
+
+
+def validate_mongodb_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check backup/restore options; every problem is reported with its JSON pointer.
+
+    backup: ``collections`` (only these) and ``exclude_collections``; restore: ``collections``.
+    A name is a collection name (``orders``, ``a.b.c``) or a full namespace (``shop.orders``).
+    """
+    allowed = _OPTION_KEYS[kind]
+    errors: list[dict[str, str]] = []
+    clean: dict[str, Any] = {}
+    for key in sorted(options):
+        if key not in allowed:
+            detail = f"unknown option; {kind} takes {', '.join(allowed)}"
+            errors.append({"pointer": f"/options/{key}", "detail": detail})
+            continue
+        value = options[key]
+        if not isinstance(value, list) or not value:
+            errors.append({"pointer": f"/options/{key}", "detail": "must be a non-empty list of collection names"})
+            continue
+        bad = [i for i, name in enumerate(value) if not isinstance(name, str) or not name.strip() or "\0" in name]
+        for index in bad:
+            errors.append({"pointer": f"/options/{key}/{index}", "detail": "must be a non-empty collection name"})
+        if not bad:
+            clean[key] = list(dict.fromkeys(value))  # de-duplicated, order kept
+    if errors:
+        raise ValidationFailed(
+            f"Invalid mongodb {kind} options: " + "; ".join(f"{e['pointer']}: {e['detail']}" for e in errors),
+            errors=errors,
+        )
+    return clean
+
+
+@dataclass(frozen=True)
+class CollectionFilter:
+    """Which collections an operation covers: an include list (None = all) minus an exclude list."""
+
+    include: frozenset[str] | None = None
+    exclude: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> CollectionFilter:
+        include = options.get("collections")
+        return cls(frozenset(include) if include else None, frozenset(options.get("exclude_collections") or ()))
+
+    @staticmethod
+    def _names(db: str, collection: str) -> set[str]:
+        return {collection, f"{db}.{collection}"}
+
+    def admits(self, db: str, collection: str) -> bool:
+        names = self._names(db, collection)
+        if names & self.exclude:
+            return False
+        return self.include is None or bool(names & self.include)
+
+    def unmatched(self, namespaces: Sequence[tuple[str, str]]) -> list[str]:
+        """Included names that match none of ``namespaces`` (a typo the user must hear about)."""
+        if self.include is None:
+            return []
+        seen: set[str] = set()
+        for db, collection in namespaces:
+            seen |= self._names(db, collection)
+        return sorted(self.include - seen)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def server_version_of(build_info: Mapping[str, Any]) -> str:
+    """``X.Y.Z`` for the archive header (mongorestore 100.16+ refuses anything else)."""
+    version = str(build_info.get("version") or "")
+    if parse_server_version(version) is not None:
+        return version
+    parts = [int(p) for p in (build_info.get("versionArray") or [])[:3] if isinstance(p, int)]
+    if parts:
+        return ".".join(str(p) for p in (parts + [0, 0, 0])[:3])
+    raise DumpFailed(f"The server reports version {version!r}, which is not MAJOR.MINOR.PATCH.")
+
+
+def check_database_name(name: str) -> str:
+    bad = sorted(set(name) & _DB_NAME_FORBIDDEN)
+    if not name or bad or len(name.encode()) > _DB_NAME_MAX_BYTES:
+        raise ValidationFailed(
+            f"Database name {name!r} is not allowed in MongoDB: use 1-63 bytes without / \\ . space \" $ * < > : | ?.",
+            errors=[{"pointer": "/database", "detail": "not a valid MongoDB database name"}],
+        )
+    return name
+
+
+def classify_error(exc: BaseException, target: Target, failure: type[FlexDBError]) -> FlexDBError:
+    """Map a pymongo exception to the one error hierarchy. Messages never carry the URI password."""
+    where = f"Target {target.name!r}"
+    # pymongo appends the server's full reply or the topology dump: the first clause says it all
+    text = redact(str(exc).split(", full error:")[0].split(", Timeout:")[0].split(" (configured timeouts")[0])
+    if isinstance(exc, OperationFailure) and (exc.code == _AUTH_FAILED or "authentication failed" in text.lower()):
+        return AuthenticationFailed(
+            f"{where}: the MongoDB server refused the credentials ({text}). Check the user, password "
+            "and authSource in the target's URI."
+        )
+    if isinstance(exc, OperationFailure) and exc.code == _UNAUTHORIZED:
+        return AuthenticationFailed(
+            f"{where}: the MongoDB server refused the operation ({text}). Put a user with the backup/restore "
+            "roles in the target's URI."
+        )
+    if isinstance(exc, ConnectionFailure):  # includes ServerSelectionTimeoutError and AutoReconnect
+        return TargetUnreachable(
+            f"{where}: cannot reach the MongoDB server ({text}). Check that it is up and the host and port "
+            "in the target's URI are right."
+        )
+    if isinstance(exc, (MongoConfigurationError, ValueError)):  # pymongo's URI parser raises both
+        return ConfigurationError(f"{where}: the MongoDB URI is not usable ({text}).")
+    return failure(f"{where}: {text}")
+
+
+def _index_spec(spec: Mapping[str, Any]) -> SON:
+    """A listIndexes document as createIndexes takes it (``ns`` is only reported by old servers)."""
+    return SON((key, value) for key, value in spec.items() if key != "ns")
+
+
+# --------------------------------------------------------------------------- restore plan
+
+
+@dataclass
+class RestorePlan:
+    """Where each archived namespace goes; None for those left out."""
+
+    destinations: dict[tuple[str, str], str]
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls,
+        namespaces: Sequence[tuple[str, str]],
+        request: RestoreRequest,
+        target_database: str | None,
+    ) -> RestorePlan:
+        """``namespaces``: (db, collection) pairs of the archive, oplog and system ones included."""
+        only = CollectionFilter.from_options(request.options)
+        # the oplog ("" db), users/roles ($admin.*) and system databases are never restored here
+        restorable = [(db, c) for db, c in namespaces if db and db not in SYSTEM_DATABASES and not c.startswith("$")]
+        missing = only.unmatched(restorable)
+        if missing:
+            raise ValidationFailed(
+                f"The backup holds no collection named {', '.join(missing)}.",
+                errors=[{"pointer": "/options/collections", "detail": f"not in the backup: {', '.join(missing)}"}],
+            )
+        databases = sorted({db for db, _ in restorable})
+        into = request.database or (target_database if len(databases) == 1 else None)
+        if request.database and len(databases) > 1:
+            raise ValidationFailed(
+                f"This backup holds {len(databases)} databases ({', '.join(databases)}); it can only be restored "
+                'into their own names. Leave out "database".',
+                errors=[{"pointer": "/database", "detail": "not allowed for a backup of several databases"}],
+            )
+        if into:
+            check_database_name(into)
+        plan, wanted = cls({}), set(restorable)
+        for db, collection in namespaces:
+            if (db, collection) in wanted and only.admits(db, collection):
+                plan.destinations[(db, collection)] = into or db
+            else:
+                plan.skipped.append(f"{db}.{collection}")
+        return plan
+
+    def destination(self, entry: CollectionEntry) -> str | None:
+        return self.destinations.get(entry.key)
+
+    @property
+    def databases(self) -> list[str]:
+        return sorted(set(self.destinations.values()))
+
+
+class _CountingReader:
+    """Reports the archive bytes read so far, so a restore's percent moves."""
+
+    def __init__(self, raw: BinaryIO, progress: ProgressTracker) -> None:
+        self._raw = raw
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._progress.add_bytes(len(data))
+        return data
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+@register
+class MongoDBEngine(BackupEngine):
+    name = "mongodb"
+    archive_format = "mongodump-archive"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+
+    # The codec is a setting, so the archive's name and the manifest's compression follow it.
+    @property
+    def codec(self) -> Codec:
+        return self.settings.mongo_compression  # type: ignore[return-value]  # validated by Settings
+
+    @property  # type: ignore[override]
+    def compression(self) -> str | None:
+        return None if self.codec == "none" else self.codec
+
+    @property  # type: ignore[override]
+    def archive_name(self) -> str:
+        return ARCHIVE_NAMES[self.codec]
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if pymongo is None:
+            return "the pymongo driver is not installed"
+        return None
+
+    @classmethod
+    def validate_options(cls, kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        return validate_mongodb_options(kind, options)
+
+    def tool_version(self) -> str:
+        return f"pymongo {pymongo.version}"
+
+    # ------------------------------------------------------------------ connections
+
+    def _client(self, target: Target) -> MongoClient:
+        timeout_ms = self.settings.connect_timeout_seconds * 1000
+        try:
+            return MongoClient(
+                target.uri,
+                serverSelectionTimeoutMS=timeout_ms,
+                connectTimeoutMS=timeout_ms,
+                appname="flexdb",
+                connect=False,
+            )
+        except (PyMongoError, ValueError) as exc:
+            raise classify_error(exc, target, ConfigurationError) from None
+
+    @contextmanager
+    def _session(self, target: Target, failure: type[FlexDBError]) -> Iterator[MongoClient]:
+        """A client for one operation; pymongo errors leave it as errors of our hierarchy."""
+        client = self._client(target)
+        try:
+            yield client
+        except BulkWriteError as exc:
+            raise failure(self._bulk_message(target, exc)) from None
+        except PyMongoError as exc:
+            raise classify_error(exc, target, failure) from None
+        finally:
+            client.close()
+
+    @staticmethod
+    def _uri_database(target: Target) -> str | None:
+        try:
+            return parse_uri(target.uri).get("database") or None
+        except (PyMongoError, ValueError):
+            return None  # MongoClient reports the bad URI with a proper message
+
+    def _databases(self, client: MongoClient, target: Target) -> list[str]:
+        own = self._uri_database(target)
+        if own:
+            return [own]
+        return sorted(name for name in client.list_database_names() if name not in SYSTEM_DATABASES)
+
+    # ------------------------------------------------------------------ probe
+
+    def probe(self, target: Target) -> ServerInfo:
+        with self._session(target, TargetUnreachable) as client:
+            started = time.monotonic()
+            build = client.admin.command("buildInfo")
+            latency_ms = round((time.monotonic() - started) * 1000, 1)
+            databases = self._databases(client, target)
+        return ServerInfo(
+            version=server_version_of(build),
+            latency_ms=latency_ms,
+            details={"databases": databases, "database": self._uri_database(target)},
+        )
+
+    # ------------------------------------------------------------------ backup
+
+    def dump(
+        self,
+        target: Target,
+        sink: HashingWriter,
+        progress: ProgressTracker,
+        server: ServerInfo,
+        options: Mapping[str, Any],
+    ) -> DumpResult:
+        # A job's options narrow what the target's own options select.
+        merged = {**dict(target.options), **dict(options)}
+        scope = CollectionFilter.from_options(validate_mongodb_options("backup", merged))
+        with self._session(target, DumpFailed) as client:
+            databases = self._databases(client, target)
+            plan = [entry for db in databases for entry in self._entries(client, db, scope)]
+            missing = scope.unmatched(self._all_names(client, databases)) if scope.include else []
+            if missing:
+                raise ValidationFailed(
+                    f"Target {target.name!r} has no collection named {', '.join(missing)}.",
+                    errors=[{"pointer": "/options/collections", "detail": f"not found: {', '.join(missing)}"}],
+                )
+            sources = {e.key: self._data_source(client, e) for e in plan}
+            # estimates are cheap (collection metadata) and good enough for a percent
+            estimate = sum(client[db][name].estimated_document_count() for db, name in sources.values() if name)
+            progress.set_total(estimate or None)
+            counts = self._write_archive(client, plan, sources, sink, progress, server)
+        log.info("mongodb.dump_finished", databases=databases, namespaces=len(plan), documents=sum(counts.values()))
+        return DumpResult(
+            database=databases[0] if len(databases) == 1 else None,
+            server_version=server.version,
+            details={
+                "databases": databases,
+                "compression": self.codec,
+                "namespaces": counts,
+                "views": sorted(e.namespace for e in plan if e.is_view),
+            },
+        )
+
+    @staticmethod
+    def _all_names(client: MongoClient, databases: list[str]) -> list[tuple[str, str]]:
+        return [(db, name) for db in databases for name in client[db].list_collection_names()]
+
+    def _entries(self, client: MongoClient, db: str, scope: CollectionFilter) -> list[CollectionEntry]:
+        """Prelude entries of one database: collections first, then views (which may read them)."""
+        collections, views = [], []
+        for info in client[db].list_collections():
+            name, kind = info["name"], info.get("type", "collection")
+            if name.startswith("system.") or not scope.admits(db, name):
+                continue  # system.* are the server's own (views, buckets, profile...)
+            options = info.get("options") or {}
+            if kind == "view" or "viewOn" in options:
+                meta = build_metadata(collection_name=name, options=options, type="view")
+                views.append(CollectionEntry(db, name, meta, "view"))
+                continue
+            kind = "timeseries" if "timeseries" in options else kind
+            indexes = list(client[db][name].list_indexes())
+            uuid = (info.get("info") or {}).get("uuid")
+            meta = build_metadata(collection_name=name, options=options, indexes=indexes, uuid=uuid, type=kind)
+            collections.append(CollectionEntry(db, name, meta, kind))
+        return collections + views
+
+    @staticmethod
+    def _data_source(client: MongoClient, entry: CollectionEntry) -> tuple[str, str | None]:
+        """Which collection holds an entry's documents: none for a view, the buckets for timeseries."""
+        if entry.is_view:
+            return entry.db, None
+        if not entry.is_timeseries:
+            return entry.db, entry.collection
+        buckets = BUCKETS_PREFIX + entry.collection
+        if client[entry.db].list_collection_names(filter={"name": buckets}):
+            return entry.db, buckets  # what mongodump reads and mongorestore writes back
+        raise DumpFailed(
+            f"Timeseries collection {entry.namespace}: the server does not expose its buckets ({buckets}), so "
+            'it cannot be dumped in the mongodump format. Leave it out with "exclude_collections".'
+        )
+
+    def _write_archive(
+        self,
+        client: MongoClient,
+        plan: list[CollectionEntry],
+        sources: dict[tuple[str, str], tuple[str, str | None]],
+        sink: HashingWriter,
+        progress: ProgressTracker,
+        server: ServerInfo,
+    ) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        compressed = open_compressed_writer(sink, self.codec)
+        # the writer holds at most one block of documents before writing it out
+        block_size = self.settings.mongo_batch_bytes
+        writer = ArchiveWriter(compressed, server.version, self.tool_version(), block_size=block_size)
+        try:
+            writer.write_prelude(plan)
+        except ValueError as exc:  # metadata that would not survive Extended JSON, as mongodump refuses
+            raise DumpFailed(f"The collection metadata cannot be written as a mongodump archive: {exc}") from None
+        for entry in plan:  # one namespace at a time: safe for any mongorestore parallelism
+            db, source = sources[entry.key]
+            documents = 0
+            if source is not None:
+                # bounded batches keep the driver's buffers small; 16 MiB-batches cost it ~100 MiB
+                batches = client[db][source].find_raw_batches(batch_size=self.settings.mongo_read_batch_docs)
+                for batch in batches:
+                    taken = writer.write_documents(db, source, (batch,))
+                    documents += taken
+                    progress.add_items(taken, current=entry.namespace)
+            writer.finish_namespace(entry.db, source or entry.collection)
+            progress.add_items(0, current=entry.namespace)
+            counts[entry.namespace] = documents
+            log.info("mongodb.collection_dumped", namespace=entry.namespace, type=entry.type, documents=documents)
+        writer.finish()
+        compressed.close()  # writes the gzip/zstd trailer; the sink stays open for the template
+        return counts
+
+    # ------------------------------------------------------------------ restore
+
+    def verify_archive(self, archive: BinaryIO, manifest: BackupManifest, progress: ProgressTracker) -> None:
+        """Read the whole archive (framing, prelude, every CRC) before the target is touched."""
+        summary = verify(open_decompressing_reader(archive), read_size=self.settings.stream_chunk_bytes)
+        expected = manifest.details.get("namespaces") if isinstance(manifest.details, dict) else None
+        if isinstance(expected, dict):
+            found = {ns: s.documents for ns, s in summary.namespaces.items()}
+            if found != expected:
+                raise ArchiveCorrupt(
+                    f"Backup {manifest.id}: the archive's collections or document counts differ from its manifest; "
+                    "restore another backup."
+                )
+        log.info("mongodb.archive_verified", backup_id=manifest.id, documents=summary.total_documents)
+
+    def prepare_restore(self, target: Target, manifest: BackupManifest, request: RestoreRequest) -> None:
+        """Refuse early when the manifest names the namespaces (load checks again from the archive)."""
+        if request.database:
+            check_database_name(request.database)
+        namespaces = (manifest.details or {}).get("namespaces")
+        if not isinstance(namespaces, dict):
+            return  # an archive brought from elsewhere: load plans from its prelude
+        keys = [tuple(ns.split(".", 1)) for ns in namespaces]
+        plan = RestorePlan.build([(k[0], k[1]) for k in keys if len(k) == 2], request, self._uri_database(target))
+        with self._session(target, RestoreFailed) as client:
+            self._refuse_occupied(client, plan, request, target)
+
+    def _refuse_occupied(self, client: MongoClient, plan: RestorePlan, request: RestoreRequest, target: Target) -> None:
+        if request.drop:
+            return
+        occupied = []
+        for (_, collection), db in plan.destinations.items():
+            infos = list(client[db].list_collections(filter={"name": collection}))
+            if not infos:
+                continue
+            # a view cannot take documents, so it is in the way just as a collection with data is
+            if infos[0].get("type") == "view" or client[db][collection].find_one({}, {"_id": 1}) is not None:
+                occupied.append(f"{db}.{collection}")
+        if occupied:
+            shown = ", ".join(occupied[:5]) + (f" and {len(occupied) - 5} more" if len(occupied) > 5 else "")
+            raise TargetNotEmpty(
+                f"Target {target.name!r} already holds data in {shown}. Restore with \"drop\": true to replace "
+                'those collections, or into another "database".'
+            )
+
+    def load(
+        self,
+        target: Target,
+        archive: BinaryIO,
+        manifest: BackupManifest,
+        request: RestoreRequest,
+        progress: ProgressTracker,
+    ) -> dict[str, Any]:
+        stream = open_decompressing_reader(_CountingReader(archive, progress))
+        reader = ArchiveReader(
+            stream, batch_bytes=self.settings.mongo_batch_bytes, read_size=self.settings.stream_chunk_bytes
+        )
+        plan = RestorePlan.build([e.key for e in reader.entries], request, self._uri_database(target))
+        counts = (manifest.details or {}).get("namespaces") or {}
+        expected = [counts.get(f"{db}.{collection}") for db, collection in plan.destinations]
+        progress.set_total(sum(n for n in expected if isinstance(n, int)) or None)
+        with self._session(target, RestoreFailed) as client:
+            self._refuse_occupied(client, plan, request, target)
+            loader = _NamespaceLoader(client, plan, request.drop, progress)
+            for event in reader:
+                loader.handle(event)
+        for namespace in plan.skipped:
+            log.info("mongodb.namespace_skipped", namespace=namespace)
+        return {
+            "databases": plan.databases,
+            "namespaces": loader.restored,
+            "documents": sum(loader.restored.values()),
+            "dropped_existing": request.drop,
+        }
+
+    @staticmethod
+    def _bulk_message(target: Target, exc: BulkWriteError) -> str:
+        errors = exc.details.get("writeErrors") or [{}]
+        first = redact(str(errors[0].get("errmsg", "unknown error")))
+        return (
+            f"Target {target.name!r}: the server refused {len(errors)} document(s) (first: {first}). "
+            "Collections restored before this one stay in place."
+        )
+
+
+class _NamespaceLoader:
+    """Replays archive events into the server: create, insert raw batches, then build indexes."""
+
+    def __init__(self, client: MongoClient, plan: RestorePlan, drop: bool, progress: ProgressTracker) -> None:
+        self._client = client
+        self._plan = plan
+        self._drop = drop
+        self._progress = progress
+        self.restored: dict[str, int] = {}
+
+    def handle(self, event: NamespaceStart | DocumentBatch | NamespaceEnd) -> None:
+        db_name = self._plan.destination(event.entry)
+        if db_name is None:
+            return
+        db = self._client[db_name]
+        if isinstance(event, NamespaceStart):
+            self._create(db, event.entry)
+        elif isinstance(event, DocumentBatch):
+            self._insert(db, event)
+        else:
+            self._finish(db, event)
+
+    def _create(self, db: Database, entry: CollectionEntry) -> None:
+        self.restored[f"{db.name}.{entry.collection}"] = 0
+        if self._drop:
+            db.drop_collection(entry.collection)
+        elif db.list_collection_names(filter={"name": entry.collection}):
+            return  # empty and not dropped (checked before): keep it, as mongorestore does
+        command = SON([("create", entry.collection)])
+        command.update(entry.options)
+        # the _id index comes with the collection; idIndex keeps its options (collation...)
+        id_index = next((ix for ix in entry.indexes if ix.get("name") == "_id_"), None)
+        plain = not (entry.is_view or entry.is_timeseries or "clusteredIndex" in entry.options)
+        if id_index is not None and plain:
+            command["idIndex"] = _index_spec(id_index)
+        db.command(command)
+
+    def _insert(self, db: Database, batch: DocumentBatch) -> None:
+        documents = [RawBSONDocument(raw) for raw in batch.documents]
+        # unordered and without validation, like mongorestore: the data was valid where it came from
+        db[batch.body_collection].insert_many(documents, ordered=False, bypass_document_validation=True)
+        namespace = f"{db.name}.{batch.entry.collection}"
+        self.restored[namespace] = self.restored.get(namespace, 0) + len(documents)
+        self._progress.add_items(len(documents), current=namespace)
+
+    def _finish(self, db: Database, end: NamespaceEnd) -> None:
+        entry = end.entry
+        specs = [_index_spec(ix) for ix in entry.indexes if ix.get("name") != "_id_"]
+        if specs and not entry.is_view:
+            db.command(SON([("createIndexes", entry.collection), ("indexes", specs)]))
+        namespace = f"{db.name}.{entry.collection}"
+        log.info(
+            "mongodb.collection_restored",
+            namespace=namespace,
+            source=entry.namespace,
+            documents=self.restored.get(namespace, 0),
+            indexes=len(specs),
+        )

@@ -1,0 +1,78 @@
+"""Retention: plan and apply the policies of a target; every application is a `retention` job."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from shared.core.errors import ConfigurationError, ValidationFailed
+from shared.core.logs import get_logger
+from shared.domain.backups import BackupManifest
+from shared.domain.jobs import Job, JobKind, parse_iso, utcnow
+from shared.domain.ports import JobRepository, ScheduleRepository, Storage
+from shared.domain.retention import BackupRef, RetentionDecision, RetentionPolicy, plan_retention
+from shared.services.targets import TargetService
+
+log = get_logger(__name__)
+
+
+class RetentionService:
+    def __init__(
+        self, storage: Storage, jobs: JobRepository, schedules: ScheduleRepository, targets: TargetService
+    ) -> None:
+        self._storage = storage
+        self._jobs = jobs
+        self._schedules = schedules
+        self._targets = targets
+
+    def check_settings(self) -> None:
+        """Refuse to start with a target whose declared retention policy is invalid."""
+        for target in self._targets.all():
+            if target.retention is not None:
+                try:
+                    RetentionPolicy.from_dict(target.retention)
+                except ValidationFailed as exc:
+                    raise ConfigurationError(f"FLEXDB_TARGETS[{target.name!r}].retention: {exc.message}") from None
+
+    def policies_for(self, target_name: str) -> list[RetentionPolicy]:
+        """The target's own policy when it declares one, else those of its schedules."""
+        target = self._targets.get(target_name)
+        if target.retention is not None:
+            return [RetentionPolicy.from_dict(target.retention)]
+        return [s.retention for s in self._schedules.all() if s.target == target_name and s.retention is not None]
+
+    def plan(self, target_name: str, now: datetime | None = None) -> tuple[list[RetentionPolicy], list[RetentionDecision]]:
+        policies = self.policies_for(target_name)
+        backups = [self._ref(m) for m in self._storage.iter_manifests() if m.target == target_name]
+        return policies, plan_retention(backups, policies, now or utcnow())
+
+    def apply(self, target_name: str, trigger: str) -> Job | None:
+        """Delete what the policies do not keep; None when the target has no policy."""
+        policies, decisions = self.plan(target_name)
+        if not policies:
+            return None
+        target = self._targets.get(target_name)
+        job = Job(kind=JobKind.RETENTION, target=target.name, engine=target.engine, params={"trigger": trigger})
+        job.start()
+        deleted: list[dict[str, Any]] = []
+        for decision in decisions:
+            if not decision.keep:
+                self._storage.delete(decision.backup.id)
+                deleted.append(decision.to_dict())
+        job.succeed(
+            {
+                "deleted": deleted,
+                "kept": sum(d.keep for d in decisions),
+                "policies": [p.to_dict() for p in policies],
+            }
+        )
+        self._jobs.add(job)
+        log.info("retention.applied", target=target.name, deleted=len(deleted), kept=job.result["kept"], trigger=trigger)
+        return job
+
+    def apply_all(self, trigger: str) -> list[Job]:
+        return [job for target in self._targets.all() if (job := self.apply(target.name, trigger))]
+
+    @staticmethod
+    def _ref(manifest: BackupManifest) -> BackupRef:
+        return BackupRef(manifest.id, parse_iso(manifest.created_at) or utcnow())
