@@ -11,6 +11,7 @@ from shared.core.errors import BadRequest, ValidationFailed
 from shared.domain.backups import BackupManifest
 from shared.domain.jobs import Job, Page
 from shared.services.container import Services
+from shared.services.views import job_view
 
 
 def services() -> Services:
@@ -71,14 +72,7 @@ def page_body(page: Page, items: list[dict[str, Any]], endpoint: str, **query: A
 
 
 def present_job(job: Job) -> dict[str, Any]:
-    data = job.to_dict()
-    data["done"] = job.status.is_terminal
-    data["duration_seconds"] = job.duration_seconds
-    links = {"self": url_for("jobs.get_job", job_id=job.id, _external=True)}
-    if job.backup_id:
-        links["backup"] = url_for("backups.get_backup", backup_id=job.backup_id, _external=True)
-    data["links"] = links
-    return data
+    return job_view(job, request.host_url.rstrip("/"))
 
 
 def present_backup(manifest: BackupManifest) -> dict[str, Any]:

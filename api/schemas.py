@@ -20,12 +20,29 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
-class BackupRequestSchema(StrictSchema):
+_callback_url = validate.URL(schemes={"http", "https"}, require_tld=False, error="must be an http(s) URL")
+
+
+class CallbackFieldsSchema(StrictSchema):
+    callback_url = fields.String(
+        load_default=None,
+        validate=[validate.Length(max=2048), _callback_url],
+        metadata={"description": "POSTed the final job (signed, see X-FlexDB-Signature) when the job ends"},
+    )
+    callback_headers = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$", error="not a header name")),
+        values=fields.String(validate=validate.Length(max=4096)),
+        load_default=None,
+        metadata={"description": "Extra headers for the callback (kept secret, never shown)"},
+    )
+
+
+class BackupRequestSchema(CallbackFieldsSchema):
     target = fields.String(required=True, validate=_name, metadata={"description": "Name of a configured target"})
     options = fields.Dict(keys=fields.String(), load_default=dict, metadata={"description": "Engine options"})
 
 
-class RestoreRequestSchema(StrictSchema):
+class RestoreRequestSchema(CallbackFieldsSchema):
     backup_id = fields.String(required=True, validate=_id)
     target = fields.String(load_default=None, validate=_name, metadata={"description": "Default: the backup's own target"})
     database = fields.String(
@@ -43,6 +60,14 @@ class ConnectionCheckSchema(StrictSchema):
 class PageQuerySchema(StrictSchema):
     limit = fields.Integer(load_default=None, validate=validate.Range(min=1))
     cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
+
+
+class JobGetQuerySchema(StrictSchema):
+    wait = fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0, max=3600),
+        metadata={"description": "Hold the request up to this many seconds until the status changes (capped by FLEXDB_WAIT_MAX_SECONDS)"},
+    )
 
 
 class JobListQuerySchema(PageQuerySchema):
@@ -73,6 +98,14 @@ class JobErrorSchema(Schema):
     message = fields.String()
 
 
+class CallbackStateSchema(Schema):
+    url = fields.String()
+    status = fields.String(metadata={"description": "pending, delivered or failed"})
+    attempts = fields.Integer()
+    response_status = fields.Integer(allow_none=True)
+    last_error = fields.String(allow_none=True)
+
+
 class JobSchema(Schema):
     class Meta:
         unknown = EXCLUDE
@@ -92,6 +125,8 @@ class JobSchema(Schema):
     backup_id = fields.String(allow_none=True)
     result = fields.Dict()
     error = fields.Nested(JobErrorSchema, allow_none=True)
+    callback = fields.Nested(CallbackStateSchema, allow_none=True)
+    cancel_requested = fields.Boolean()
     links = fields.Dict(keys=fields.String(), values=fields.String())
 
 

@@ -22,6 +22,7 @@ PG_ADMIN_URI = os.environ.get("FLEXDB_TEST_PG_URI", "postgresql://postgres@127.0
 # A password that must never show up in a log line or an API response. The machine's
 # PostgreSQL trusts local connections, so it is carried in the URI without being checked.
 CANARY_PASSWORD = "Canary-pw-" + secrets.token_hex(6)
+CALLBACK_SECRET = "callback-secret-" + secrets.token_hex(8)
 # A schedule the deployment declares in FLEXDB_SCHEDULES (yearly, so it never fires in a test run).
 DECLARED_SCHEDULE = {"id": "declared-yearly", "target": "pg-sched", "cron": "0 4 1 1 *", "timezone": "Europe/Berlin"}
 
@@ -74,6 +75,7 @@ def service_env(tmp: Path, targets: dict, redis_url: str = REDIS_URL, **extra: s
         FLEXDB_CONNECT_TIMEOUT_SECONDS="3",
         FLEXDB_API_WORKERS="1",
         FLEXDB_SCHEDULE_MIN_INTERVAL_SECONDS="1",
+        FLEXDB_CALLBACK_SECRET=CALLBACK_SECRET,
         FLEXDB_BEAT_MAX_INTERVAL_SECONDS="1",
         FLEXDB_SCHEDULES=json.dumps([DECLARED_SCHEDULE]) if "pg-sched" in targets else "[]",
     )

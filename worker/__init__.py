@@ -12,7 +12,8 @@ from shared.core.logs import configure_logging, get_logger
 from shared.core.settings import Settings, get_settings
 from shared.services.container import Services, build_services
 from shared.services.runner import JobRunner
-from shared.domain.tasks import BACKUP_TASK, RESTORE_TASK, RETENTION_TASK, SCHEDULED_BACKUP_TASK
+from shared.domain.tasks import BACKUP_TASK, CALLBACK_TASK, RESTORE_TASK, RETENTION_TASK, SCHEDULED_BACKUP_TASK
+from shared.services.callbacks import CallbackRetry
 from shared.services.task_queue import make_celery
 
 log = get_logger("worker")
@@ -29,6 +30,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         services.lock,
         services.targets,
         services.retention,
+        services.jobs.notify_finished,
         timeout_errors=(SoftTimeLimitExceeded,),
     )
     _register_tasks(app, runner, services)
@@ -55,6 +57,21 @@ def _register_tasks(app: Celery, runner: JobRunner, services: Services) -> None:
     @app.task(name=RETENTION_TASK)
     def retention() -> None:
         services.retention.apply_all(trigger="daily retention pass")
+
+    settings = services.settings
+
+    # Retried with exponential backoff (jitter, capped) on network errors, 429 and 5xx only.
+    @app.task(
+        name=CALLBACK_TASK,
+        bind=True,
+        autoretry_for=(CallbackRetry,),
+        max_retries=settings.callback_max_attempts - 1,
+        retry_backoff=True,
+        retry_backoff_max=settings.callback_backoff_max_seconds,
+        retry_jitter=True,
+    )
+    def callback(self, job_id: str) -> None:
+        services.callbacks.deliver(job_id, final_attempt=self.request.retries >= self.max_retries)
 
 
 def _connect_signals(settings: Settings, services: Services) -> None:

@@ -78,6 +78,18 @@ class ScheduleManagedBySettings(Conflict):
     code, title = "schedule_managed_by_settings", "Schedule is declared in settings"
 
 
+class JobFinished(Conflict):
+    code, title = "job_finished", "Job already finished"
+
+
+class IdempotencyKeyInUse(Conflict):
+    code, title = "idempotency_key_in_use", "Idempotency key in use"
+
+
+class IdempotencyKeyReused(FlexDBError):
+    status, code, title = 422, "idempotency_key_reused", "Idempotency key reused with another request"
+
+
 class TargetBusy(Conflict):
     code, title = "target_busy", "Target is busy"
 

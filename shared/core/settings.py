@@ -73,6 +73,15 @@ class Settings:
     trusted_proxies: int = 0
     api_max_body_bytes: int = 1024 * 1024
     api_timeout_seconds: int = 60
+    # The service's address as clients reach it (absolute links in callbacks); empty means
+    # http://<FLEXDB_API_HOST>:<FLEXDB_API_PORT>.
+    public_url: str = ""
+    wait_max_seconds: int = 30
+    idempotency_ttl_seconds: int = 24 * 3600
+    callback_secret: str = field(default="", repr=False)
+    callback_timeout_seconds: int = 10
+    callback_max_attempts: int = 8
+    callback_backoff_max_seconds: int = 600
     stop_grace_seconds: int = 10
     flower_host: str = "127.0.0.1"
     flower_port: int = 5555
@@ -132,6 +141,17 @@ class Settings:
             api_max_body_bytes=reader.get("API_MAX_BODY_BYTES", cls.api_max_body_bytes, _int_in(1024, 64 * 2**20)),
             api_timeout_seconds=reader.get("API_TIMEOUT_SECONDS", cls.api_timeout_seconds, _int_in(1, 24 * 3600)),
             stop_grace_seconds=reader.get("STOP_GRACE_SECONDS", cls.stop_grace_seconds, _int_in(1, 3600)),
+            public_url=reader.get("PUBLIC_URL", cls.public_url, _http_url),
+            wait_max_seconds=reader.get("WAIT_MAX_SECONDS", cls.wait_max_seconds, _int_in(0, 600)),
+            idempotency_ttl_seconds=reader.get(
+                "IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_seconds, _int_in(60, 30 * 24 * 3600)
+            ),
+            callback_secret=reader.get("CALLBACK_SECRET", cls.callback_secret, str),
+            callback_timeout_seconds=reader.get("CALLBACK_TIMEOUT_SECONDS", cls.callback_timeout_seconds, _int_in(1, 300)),
+            callback_max_attempts=reader.get("CALLBACK_MAX_ATTEMPTS", cls.callback_max_attempts, _int_in(1, 50)),
+            callback_backoff_max_seconds=reader.get(
+                "CALLBACK_BACKOFF_MAX_SECONDS", cls.callback_backoff_max_seconds, _int_in(1, 24 * 3600)
+            ),
             flower_host=reader.get("FLOWER_HOST", cls.flower_host, _non_empty),
             flower_port=reader.get("FLOWER_PORT", cls.flower_port, _int_in(1, 65535)),
             mongo_compression=reader.get("MONGO_COMPRESSION", cls.mongo_compression, _choice("gzip", "zstd", "none")),
@@ -165,7 +185,16 @@ class Settings:
             raise ConfigurationError("Invalid settings: " + "; ".join(reader.errors))
         for target in values["targets"].values():
             register_secret(urlsplit(target.uri).password)
+        register_secret(values["callback_secret"])
         return cls(**values)
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach the API, for absolute links made outside a request."""
+        if self.public_url:
+            return self.public_url
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"http://{host}:{self.api_port}"
 
     @property
     def lock_ttl_seconds(self) -> int:
@@ -254,6 +283,13 @@ def _non_empty(raw: str) -> str:
     if not raw:
         raise ValueError("must not be empty")
     return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("must be an http(s) URL such as https://backups.example.com")
+    return raw.rstrip("/")
 
 
 def _redis_url(raw: str) -> str:

@@ -79,6 +79,21 @@ class JobError:
 
 
 @dataclass
+class Callback:
+    """Where the finished job is POSTed, and how delivery went. Its headers are secret and
+    kept apart from the job record, so they never show in a response or in Flower."""
+
+    url: str
+    status: str = "pending"  # pending, delivered, failed
+    attempts: int = 0
+    response_status: int | None = None
+    last_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class Job:
     kind: JobKind
     target: str
@@ -93,6 +108,9 @@ class Job:
     backup_id: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
     error: JobError | None = None
+    callback: Callback | None = None
+    # Set from its own flag in the store: a cancel request must not race progress writes.
+    cancel_requested: bool = False
 
     # --------------------------------------------------------------- transitions
 
@@ -139,6 +157,8 @@ class Job:
             "backup_id": self.backup_id,
             "result": self.result,
             "error": asdict(self.error) if self.error else None,
+            "callback": self.callback.to_dict() if self.callback else None,
+            "cancel_requested": self.cancel_requested,
         }
 
     @classmethod
@@ -157,6 +177,8 @@ class Job:
             backup_id=data.get("backup_id"),
             result=data.get("result") or {},
             error=JobError(**data["error"]) if data.get("error") else None,
+            callback=Callback(**data["callback"]) if data.get("callback") else None,
+            cancel_requested=bool(data.get("cancel_requested")),
         )
 
 

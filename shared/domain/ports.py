@@ -86,7 +86,38 @@ class JobRepository(ABC):
     def save_progress(self, job_id: str, progress: Progress) -> None: ...
 
     @abstractmethod
+    def request_cancel(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    def cancel_requested(self, job_id: str) -> bool: ...
+
+    @abstractmethod
+    def save_callback_headers(self, job_id: str, headers: dict[str, str]) -> None:
+        """Kept apart from the job: they may carry credentials of the receiver."""
+
+    @abstractmethod
+    def callback_headers(self, job_id: str) -> dict[str, str]: ...
+
+    @abstractmethod
+    def wait_for_change(self, job_id: str, seen: str, timeout_seconds: float) -> Job:
+        """Return the job once its status is no longer ``seen``, or when the time is up."""
+
+    @abstractmethod
     def find(self, filters: JobFilter, limit: int, cursor: str | None) -> Page: ...
+
+
+class IdempotencyStore(ABC):
+    """Remembers which job an ``Idempotency-Key`` produced, and for which request."""
+
+    @abstractmethod
+    def reserve(self, key: str, fingerprint: str) -> tuple[str, str | None] | None:
+        """None when the key is new (now reserved); else (fingerprint, job id or None while in flight)."""
+
+    @abstractmethod
+    def complete(self, key: str, fingerprint: str, job_id: str) -> None: ...
+
+    @abstractmethod
+    def release(self, key: str) -> None: ...
 
 
 class TargetLock(ABC):

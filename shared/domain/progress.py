@@ -1,10 +1,19 @@
-"""Progress tracking handed to engines: cheap to call per chunk, reported at most every N s."""
+"""Progress tracking handed to engines: cheap to call per chunk, reported at most every N s.
+
+The tracker is also how a running job learns it was cancelled. A watcher thread asks
+``should_stop`` every interval; when it answers yes, the tracker runs the stop hooks engines
+registered (e.g. killing ``pg_dump``, which may sit blocked on a table lock and produce
+nothing) and the next report raises :class:`JobCancelled`, so the workflow's clean-up runs
+(the partial archive is removed, a restore transaction rolls back)."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+from shared.core.errors import JobCancelled
 from shared.domain.jobs import Progress
 
 
@@ -14,12 +23,19 @@ class ProgressTracker:
         report: Callable[[Progress], None],
         interval_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.progress = Progress()
         self._report = report
         self._interval = interval_seconds
         self._clock = clock
         self._last = float("-inf")
+        self._should_stop = should_stop
+        self._stop_hooks: list[Callable[[], None]] = []
+        self._hooks_lock = threading.Lock()
+        self.cancelled = threading.Event()
+
+    # ------------------------------------------------------------------ progress
 
     def stage(self, name: str, items_total: int | None = None, bytes_total: int | None = None) -> None:
         self.progress = Progress(stage=name, items_total=items_total, bytes_total=bytes_total)
@@ -41,7 +57,60 @@ class ProgressTracker:
     def flush(self) -> None:
         self._last = self._clock()
         self._report(self.progress)
+        self.raise_if_cancelled()
 
     def _maybe_flush(self) -> None:
         if self._clock() - self._last >= self._interval:
             self.flush()
+
+    # ------------------------------------------------------------------ cancellation
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise JobCancelled("The job was cancelled on request.")
+
+    @contextmanager
+    def stop_hook(self, hook: Callable[[], None]) -> Iterator[None]:
+        """Run ``hook`` (from the watcher thread) if the job is cancelled while inside."""
+        with self._hooks_lock:
+            self._stop_hooks.append(hook)
+            already = self.cancelled.is_set()
+        if already:
+            hook()
+        try:
+            yield
+        finally:
+            with self._hooks_lock:
+                self._stop_hooks.remove(hook)
+
+    def _cancel(self) -> None:
+        with self._hooks_lock:
+            self.cancelled.set()
+            hooks = list(self._stop_hooks)
+        for hook in hooks:
+            hook()
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Poll ``should_stop`` in the background while the job runs."""
+        if self._should_stop is None:
+            yield
+            return
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(self._interval):
+                try:
+                    if self._should_stop():
+                        self._cancel()
+                        return
+                except Exception:  # the store blipped: ask again next time
+                    continue
+
+        watcher = threading.Thread(target=watch, name="cancel-watcher", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()

@@ -194,10 +194,12 @@ class PostgreSQLEngine(BackupEngine):
             )
             watcher = _TableCounter(Path(stderr.name))
             try:
-                for chunk in iter_chunks(proc.stdout, self.settings.stream_chunk_bytes):
-                    sink.write(chunk)
-                    watcher.update(progress)
-                returncode = proc.wait()
+                # pg_dump can wait silently on a table lock; a cancel must still stop it.
+                with progress.stop_hook(proc.kill):
+                    for chunk in iter_chunks(proc.stdout, self.settings.stream_chunk_bytes):
+                        sink.write(chunk)
+                        watcher.update(progress)
+                    returncode = proc.wait()
             except BaseException:
                 proc.kill()
                 proc.wait()
@@ -261,11 +263,13 @@ class PostgreSQLEngine(BackupEngine):
         with tempfile.NamedTemporaryFile(prefix="pg_restore-", suffix=".log") as stderr:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=stderr, env=self._tool_env(target, database))
             try:
-                for chunk in iter_chunks(archive, self.settings.stream_chunk_bytes):
-                    proc.stdin.write(chunk)
-                    progress.add_bytes(len(chunk))
-                proc.stdin.close()
-                returncode = proc.wait()
+                # Killing pg_restore mid-way aborts its single transaction: nothing is kept.
+                with progress.stop_hook(proc.kill):
+                    for chunk in iter_chunks(archive, self.settings.stream_chunk_bytes):
+                        proc.stdin.write(chunk)
+                        progress.add_bytes(len(chunk))
+                    proc.stdin.close()
+                    returncode = proc.wait()
             except BrokenPipeError:
                 returncode = proc.wait()  # pg_restore stopped early: its stderr says why
             except BaseException:

@@ -8,6 +8,7 @@ A job's state change is also published on ``flexdb:job-events:<id>`` so waiters 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import redis
 
 from shared.core.errors import BrokerUnavailable, JobNotFound, ScheduleNotFound, TargetBusy
 from shared.domain.jobs import Job, JobFilter, Page, Progress
-from shared.domain.ports import JobRepository, ScheduleRepository, TargetLock, WorkerRegistry
+from shared.domain.ports import IdempotencyStore, JobRepository, ScheduleRepository, TargetLock, WorkerRegistry
 from shared.domain.schedules import Schedule
 
 PREFIX = "flexdb"
@@ -49,13 +50,16 @@ def redis_errors(func: F) -> F:
 
 
 class RedisJobRepository(JobRepository):
+    """A job is a JSON record; its live progress and a cancel request sit in keys of their own,
+    so the worker's frequent progress writes never race a state change made by the API."""
+
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
         self._redis = client
         self._ttl = ttl_seconds
 
     @staticmethod
-    def _key(job_id: str) -> str:
-        return f"{PREFIX}:job:{job_id}"
+    def _key(job_id: str, part: str = "job") -> str:
+        return f"{PREFIX}:{part}:{job_id}"
 
     @staticmethod
     def events_channel(job_id: str) -> str:
@@ -64,6 +68,21 @@ class RedisJobRepository(JobRepository):
     @staticmethod
     def _score(job: Job) -> float:
         return job.created_at.timestamp()
+
+    def _hydrate(self, raw: str, progress: str | None, cancel: str | None) -> Job:
+        job = Job.from_dict(json.loads(raw))
+        if progress is not None and not job.status.is_terminal:
+            job.progress = Progress.from_dict(json.loads(progress))
+        job.cancel_requested = cancel is not None
+        return job
+
+    def _load_many(self, job_ids: list[str]) -> list[Job | None]:
+        keys = [self._key(i, part) for i in job_ids for part in ("job", "job-progress", "job-cancel")]
+        raws = self._redis.mget(keys) if keys else []
+        return [
+            self._hydrate(raws[n], raws[n + 1], raws[n + 2]) if raws[n] is not None else None
+            for n in range(0, len(raws), 3)
+        ]
 
     @redis_errors
     def add(self, job: Job) -> None:
@@ -74,26 +93,60 @@ class RedisJobRepository(JobRepository):
 
     @redis_errors
     def get(self, job_id: str) -> Job:
-        raw = self._redis.get(self._key(job_id))
-        if raw is None:
+        job = self._load_many([job_id])[0]
+        if job is None:
             raise JobNotFound(f"No job with id {job_id!r} (job records expire after their TTL).")
-        return Job.from_dict(json.loads(raw))
+        return job
 
     @redis_errors
     def save(self, job: Job) -> None:
         pipe = self._redis.pipeline()
         pipe.set(self._key(job.id), json.dumps(job.to_dict()), ex=self._ttl)
+        if job.status.is_terminal:
+            pipe.delete(self._key(job.id, "job-progress"))
         pipe.publish(self.events_channel(job.id), job.status.value)
         pipe.execute()
 
     @redis_errors
     def save_progress(self, job_id: str, progress: Progress) -> None:
-        raw = self._redis.get(self._key(job_id))
-        if raw is None:
-            return
-        data = json.loads(raw)
-        data["progress"] = progress.to_dict()
-        self._redis.set(self._key(job_id), json.dumps(data), ex=self._ttl)
+        self._redis.set(self._key(job_id, "job-progress"), json.dumps(progress.to_dict()), ex=self._ttl)
+
+    @redis_errors
+    def request_cancel(self, job_id: str) -> None:
+        pipe = self._redis.pipeline()
+        pipe.set(self._key(job_id, "job-cancel"), "1", ex=self._ttl)
+        pipe.publish(self.events_channel(job_id), "cancel-requested")
+        pipe.execute()
+
+    @redis_errors
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self._redis.exists(self._key(job_id, "job-cancel")))
+
+    @redis_errors
+    def save_callback_headers(self, job_id: str, headers: dict[str, str]) -> None:
+        self._redis.set(self._key(job_id, "job-callback-headers"), json.dumps(headers), ex=self._ttl)
+
+    @redis_errors
+    def callback_headers(self, job_id: str) -> dict[str, str]:
+        raw = self._redis.get(self._key(job_id, "job-callback-headers"))
+        return json.loads(raw) if raw else {}
+
+    @redis_errors
+    def wait_for_change(self, job_id: str, seen: str, timeout_seconds: float) -> Job:
+        """The job once its status differs from ``seen``, or as it is after the timeout."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            # Subscribe first, then read: a change between the two is not missed.
+            pubsub.subscribe(self.events_channel(job_id))
+            deadline = time.monotonic() + timeout_seconds
+            while True:
+                job = self.get(job_id)
+                remaining = deadline - time.monotonic()
+                if job.status.value != seen or remaining <= 0:
+                    return job
+                pubsub.get_message(timeout=min(remaining, 1.0))
+        finally:
+            pubsub.close()
 
     @redis_errors
     def find(self, filters: JobFilter, limit: int, cursor: str | None) -> Page:
@@ -122,17 +175,49 @@ class RedisJobRepository(JobRepository):
             if not ids_scores:
                 return
             offset += len(ids_scores)
-            raws = self._redis.mget([self._key(job_id) for job_id, _ in ids_scores])
-            for (job_id, score), raw in zip(ids_scores, raws):
+            jobs = self._load_many([job_id for job_id, _ in ids_scores])
+            for (job_id, score), job in zip(ids_scores, jobs):
                 if after_id is not None:
                     # Same-score members come in reverse id order; skip up to the cursor's own.
                     if repr(score) == max_score and job_id >= after_id:
                         continue
-                if raw is None:
+                if job is None:
                     self._redis.zrem(f"{PREFIX}:jobs", job_id)
                     offset -= 1
                     continue
-                yield Job.from_dict(json.loads(raw))
+                yield job
+
+
+class RedisIdempotencyStore(IdempotencyStore):
+    """``flexdb:idem:<sha256 of the key>`` -> {fingerprint, job_id}; the key itself is the
+    client's and may be anything, so only its hash is stored."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self._redis = client
+        self._ttl = ttl_seconds
+
+    @staticmethod
+    def _key(key: str) -> str:
+        return f"{PREFIX}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    @redis_errors
+    def reserve(self, key: str, fingerprint: str) -> tuple[str, str | None] | None:
+        record = json.dumps({"fingerprint": fingerprint, "job_id": None})
+        if self._redis.set(self._key(key), record, nx=True, ex=self._ttl):
+            return None
+        raw = self._redis.get(self._key(key))
+        if raw is None:  # expired in between: take it
+            return self.reserve(key, fingerprint)
+        data = json.loads(raw)
+        return data["fingerprint"], data["job_id"]
+
+    @redis_errors
+    def complete(self, key: str, fingerprint: str, job_id: str) -> None:
+        self._redis.set(self._key(key), json.dumps({"fingerprint": fingerprint, "job_id": job_id}), ex=self._ttl)
+
+    @redis_errors
+    def release(self, key: str) -> None:
+        self._redis.delete(self._key(key))
 
 
 class RedisTargetLock(TargetLock):

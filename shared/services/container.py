@@ -10,12 +10,14 @@ from celery import Celery
 from shared.core.settings import Settings
 from shared.repositories.beat import RedBeatTrigger
 from shared.repositories.redis_store import (
+    RedisIdempotencyStore,
     RedisJobRepository,
     RedisScheduleRepository,
     RedisTargetLock,
     RedisWorkerRegistry,
     make_redis,
 )
+from shared.services.callbacks import CallbackService
 from shared.services.catalog import BackupCatalog
 from shared.services.health import HealthService
 from shared.services.jobs import JobService
@@ -42,6 +44,7 @@ class Services:
     health: HealthService
     schedules: ScheduleService
     retention: RetentionService
+    callbacks: CallbackService
 
 
 def build_services(settings: Settings, celery: Celery | None = None) -> Services:
@@ -53,7 +56,9 @@ def build_services(settings: Settings, celery: Celery | None = None) -> Services
     targets = TargetService(settings)
     catalog = BackupCatalog(storage)
     lock = RedisTargetLock(client, settings.lock_ttl_seconds, settings.lock_wait_seconds)
-    jobs = JobService(jobs_repo, CeleryTaskQueue(celery), targets, catalog)
+    jobs = JobService(
+        jobs_repo, CeleryTaskQueue(celery), targets, catalog, RedisIdempotencyStore(client, settings.idempotency_ttl_seconds)
+    )
     schedule_repo = RedisScheduleRepository(client)
     retention = RetentionService(storage, jobs_repo, schedule_repo, targets)
     retention.check_settings()
@@ -73,4 +78,5 @@ def build_services(settings: Settings, celery: Celery | None = None) -> Services
             settings, schedule_repo, RedBeatTrigger(celery, QUEUE), targets, jobs, jobs_repo, lock
         ),
         retention=retention,
+        callbacks=CallbackService(settings, jobs_repo),
     )

@@ -1,37 +1,59 @@
-"""Submitting and reading jobs (the API side of the flow)."""
+"""Submitting, reading, waiting for and cancelling jobs (the API side of the flow)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from shared.core.errors import BrokerUnavailable, ValidationFailed
+from shared.core.errors import (
+    BrokerUnavailable,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    JobFinished,
+    ValidationFailed,
+)
 from shared.core.logs import get_logger
-from shared.domain.jobs import Job, JobFilter, JobKind, Page
-from shared.domain.ports import JobRepository, TaskQueue
+from shared.domain.jobs import Callback, Job, JobFilter, JobKind, JobStatus, Page
+from shared.domain.ports import IdempotencyStore, JobRepository, TaskQueue
+from shared.domain.tasks import BACKUP_TASK, CALLBACK_TASK, RESTORE_TASK
 from shared.engines import engine_class
+from shared.services.callbacks import CallbackRequest
 from shared.services.catalog import BackupCatalog
 from shared.services.targets import TargetService
-from shared.domain.tasks import BACKUP_TASK, RESTORE_TASK
 
 log = get_logger(__name__)
 
 
 class JobService:
-    def __init__(self, jobs: JobRepository, queue: TaskQueue, targets: TargetService, catalog: BackupCatalog) -> None:
+    def __init__(
+        self,
+        jobs: JobRepository,
+        queue: TaskQueue,
+        targets: TargetService,
+        catalog: BackupCatalog,
+        idempotency: IdempotencyStore,
+    ) -> None:
         self._jobs = jobs
         self._queue = queue
         self._targets = targets
         self._catalog = catalog
+        self._idempotency = idempotency
+
+    # ------------------------------------------------------------------ submitting
 
     def submit_backup(
-        self, target_name: str, options: dict[str, Any] | None = None, schedule_id: str | None = None
+        self,
+        target_name: str,
+        options: dict[str, Any] | None = None,
+        schedule_id: str | None = None,
+        callback: CallbackRequest | None = None,
     ) -> Job:
         target = self._targets.get(target_name)
         params: dict[str, Any] = {"options": engine_class(target.engine).validate_options("backup", options or {})}
         if schedule_id:
             params["schedule_id"] = schedule_id
         job = Job(kind=JobKind.BACKUP, target=target.name, engine=target.engine, params=params)
-        return self._submit(job, BACKUP_TASK)
+        return self._submit(job, BACKUP_TASK, callback)
 
     def submit_restore(
         self,
@@ -40,6 +62,7 @@ class JobService:
         database: str | None = None,
         drop: bool = False,
         options: dict[str, Any] | None = None,
+        callback: CallbackRequest | None = None,
     ) -> Job:
         manifest = self._catalog.get(backup_id)
         target = self._targets.get(target_name or manifest.target)
@@ -52,9 +75,34 @@ class JobService:
         options = engine_class(target.engine).validate_options("restore", options or {})
         params = {"backup_id": manifest.id, "database": database, "drop": drop, "options": options}
         job = Job(kind=JobKind.RESTORE, target=target.name, engine=target.engine, params=params)
-        return self._submit(job, RESTORE_TASK)
+        return self._submit(job, RESTORE_TASK, callback)
 
-    def _submit(self, job: Job, task_name: str) -> Job:
+    def idempotent(self, key: str | None, fingerprint: str, submit: Callable[[], Job]) -> tuple[Job, bool]:
+        """Run ``submit`` once per ``Idempotency-Key``; (job, replayed)."""
+        if key is None:
+            return submit(), False
+        existing = self._idempotency.reserve(key, fingerprint)
+        if existing is not None:
+            seen_fingerprint, job_id = existing
+            if seen_fingerprint != fingerprint:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was used for a different request; use a new key for a new request."
+                )
+            if job_id is None:
+                raise IdempotencyKeyInUse("A request with this Idempotency-Key is still being processed; retry shortly.")
+            return self._jobs.get(job_id), True
+        try:
+            job = submit()
+        except BaseException:
+            self._idempotency.release(key)  # a failed request may be retried with the same key
+            raise
+        self._idempotency.complete(key, fingerprint, job.id)
+        return job, False
+
+    def _submit(self, job: Job, task_name: str, callback: CallbackRequest | None) -> Job:
+        if callback is not None:
+            job.callback = Callback(url=callback.url)
+            self._jobs.save_callback_headers(job.id, callback.headers)
         # The record is written before the message: a fast worker must find it.
         self._jobs.add(job)
         try:
@@ -69,8 +117,43 @@ class JobService:
         log.info("job.queued", job_id=job.id, kind=job.kind.value, target=job.target, engine=job.engine)
         return job
 
+    # ------------------------------------------------------------------ reading
+
     def get(self, job_id: str) -> Job:
         return self._jobs.get(job_id)
 
+    def wait(self, job_id: str, seconds: float) -> Job:
+        """The job, held until its status changes or ``seconds`` pass (long-poll)."""
+        job = self._jobs.get(job_id)
+        if seconds <= 0 or job.status.is_terminal:
+            return job
+        return self._jobs.wait_for_change(job_id, job.status.value, seconds)
+
     def find(self, filters: JobFilter, limit: int, cursor: str | None) -> Page:
         return self._jobs.find(filters, limit, cursor)
+
+    # ------------------------------------------------------------------ cancelling
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job never starts; a running one is stopped by its worker at the next
+        progress report (dump tool killed, partial archive removed)."""
+        job = self._jobs.get(job_id)
+        if job.status.is_terminal:
+            raise JobFinished(f"Job {job_id} already finished ({job.status.value}); there is nothing to cancel.")
+        self._jobs.request_cancel(job_id)
+        job.cancel_requested = True
+        if job.status is JobStatus.QUEUED:
+            job.cancel()
+            self._jobs.save(job)
+            self.notify_finished(job)
+        log.info("job.cancel_requested", job_id=job_id, status=job.status.value)
+        return job
+
+    def notify_finished(self, job: Job) -> None:
+        """Hand the callback to its own task: whoever finishes a job never waits on a receiver."""
+        if job.callback is None:
+            return
+        try:
+            self._queue.enqueue(CALLBACK_TASK, job.id)
+        except BrokerUnavailable as exc:
+            log.warning("callback.not_queued", job_id=job.id, error=exc.message)

@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from shared.core.errors import FlexDBError
+from shared.core.errors import FlexDBError, JobCancelled
 from shared.core.logs import get_logger
 from shared.core.redaction import redact
 from shared.core.settings import Settings
@@ -33,6 +33,7 @@ class JobRunner:
         lock: TargetLock,
         targets: TargetService,
         retention: RetentionService,
+        notify: Callable[[Job], None],
         timeout_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._settings = settings
@@ -41,6 +42,7 @@ class JobRunner:
         self._lock = lock
         self._targets = targets
         self._retention = retention
+        self._notify = notify
         self._timeout_errors = timeout_errors
         self._handlers: dict[JobKind, Handler] = {
             JobKind.BACKUP: self._backup,
@@ -53,22 +55,35 @@ class JobRunner:
             log.info("job.skipped", job_id=job_id, status=job.status.value, reason="already finished")
             return
         structlog.contextvars.bind_contextvars(target=job.target, engine=job.engine, kind=job.kind.value)
+        if job.cancel_requested:
+            self._finish_cancelled(job)
+            return
+        tracker = ProgressTracker(
+            lambda progress: self._jobs.save_progress(job.id, progress),
+            self._settings.progress_interval_seconds,
+            should_stop=lambda: self._jobs.cancel_requested(job.id),
+        )
         try:
             with self._lock.hold(job.target, job.id):
                 job.start()
                 self._jobs.save(job)
                 log.info("job.started")
-                tracker = ProgressTracker(
-                    lambda progress: self._jobs.save_progress(job.id, progress),
-                    self._settings.progress_interval_seconds,
-                )
-                result = self._handlers[job.kind](job, tracker)
+                with tracker.watching():
+                    try:
+                        result = self._handlers[job.kind](job, tracker)
+                    except FlexDBError:
+                        # A dump tool killed on cancel fails in its own way; report the cancel.
+                        tracker.raise_if_cancelled()
+                        raise
                 job.progress = tracker.progress
                 job.succeed(result)
-                self._jobs.save(job)
+                self._finish(job)
                 log.info("job.succeeded", duration_s=job.duration_seconds, **result)
                 if job.kind is JobKind.BACKUP:
                     self._apply_retention(job)
+        except JobCancelled:
+            job.progress = tracker.progress
+            self._finish_cancelled(job)
         except FlexDBError as exc:
             self._finish_failed(job, exc.code, exc.message)
         except self._timeout_errors:
@@ -88,9 +103,18 @@ class JobRunner:
         except FlexDBError as exc:
             log.warning("retention.failed", error_code=exc.code, error=exc.message)
 
+    def _finish(self, job: Job) -> None:
+        self._jobs.save(job)
+        self._notify(job)
+
+    def _finish_cancelled(self, job: Job) -> None:
+        job.cancel()
+        self._finish(job)
+        log.info("job.cancelled", duration_s=job.duration_seconds)
+
     def _finish_failed(self, job: Job, code: str, message: str) -> None:
         job.fail(code, redact(message))
-        self._jobs.save(job)
+        self._finish(job)
         log.warning("job.failed", error_code=code, error=job.error.message, duration_s=job.duration_seconds)
 
     def _backup(self, job: Job, tracker: ProgressTracker) -> dict[str, Any]:
