@@ -11,12 +11,14 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.errors import register_error_handlers
 from shared.core.errors import BrokerUnavailable
-from api.routes import backups, jobs, schedules, system, targets
+from api.openapi import build_spec
+from api.routes import backups, jobs, metrics, schedules, system, targets
 from shared.core.logs import configure_logging, get_logger
 from shared.core.settings import Settings, get_settings
 from shared.services.container import Services, build_services
 
 API_PREFIX = "/api/v1"
+API_VERSION = "1.0.0"
 log = get_logger("api")
 
 
@@ -33,7 +35,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         )
     for blueprint in (system.bp, targets.bp, backups.bp, jobs.bp, schedules.bp):
         app.register_blueprint(blueprint, url_prefix=API_PREFIX)
+    app.register_blueprint(metrics.bp)
     register_error_handlers(app)
+    app.extensions["flexdb.openapi"] = build_spec(app, title="Flexible Database API", version=API_VERSION)
     _install_request_context(app)
     _install_declared_schedules(app)
     return app

@@ -32,16 +32,16 @@ def _pointers(messages: Any, prefix: str = "") -> list[dict[str, str]]:
     return [{"pointer": prefix or "/", "detail": str(messages)}]
 
 
-def _load(schema: Schema, data: Any, where: str, partial: bool = False) -> dict[str, Any]:
+def _load(schema: Schema, data: Any, where: str) -> dict[str, Any]:
     try:
-        return schema.load(data, partial=partial)
+        return schema.load(data)
     except ValidationError as exc:
         errors = _pointers(exc.messages)
         summary = "; ".join(f"{e['pointer']}: {e['detail']}" for e in errors[:5])
         raise ValidationFailed(f"The {where} is invalid: {summary}", errors=errors) from None
 
 
-def parse_body(schema: Schema, partial: bool = False) -> dict[str, Any]:
+def parse_body(schema: Schema) -> dict[str, Any]:
     raw = request.get_data(cache=True)
     if not raw.strip():
         data: Any = {}
@@ -51,7 +51,7 @@ def parse_body(schema: Schema, partial: bool = False) -> dict[str, Any]:
             raise BadRequest("The body is not valid JSON; send a JSON object with Content-Type: application/json.")
     if not isinstance(data, dict):
         raise ValidationFailed("The body must be a JSON object.", errors=[{"pointer": "/", "detail": "must be an object"}])
-    return _load(schema, data, "request body", partial)
+    return _load(schema, data, "request body")
 
 
 def parse_query(schema: Schema) -> dict[str, Any]:

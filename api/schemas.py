@@ -190,6 +190,51 @@ class ScheduleWriteSchema(StrictSchema):
     retention = fields.Nested(RetentionPolicySchema, allow_none=True)
 
 
+class ScheduleUpdateSchema(ScheduleWriteSchema):
+    """PATCH: any subset of the fields."""
+
+    target = fields.String(validate=_name)
+
+
+class HealthSchema(Schema):
+    status = fields.String(metadata={"description": "ok or degraded"})
+    components = fields.Dict(
+        metadata={"description": "api, redis, workers, storage, targets: each with ok and details"}
+    )
+
+
+class TargetListSchema(Schema):
+    items = fields.List(fields.Nested(TargetSchema))
+
+
+class PageLinksSchema(Schema):
+    next = fields.String(allow_none=True, metadata={"description": "Absolute URL of the next page, or null"})
+    links = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class JobPageSchema(PageLinksSchema):
+    items = fields.List(fields.Nested(JobSchema))
+
+
+class BackupPageSchema(PageLinksSchema):
+    items = fields.List(fields.Nested(BackupSchema))
+
+
+class RetentionDecisionSchema(Schema):
+    backup_id = fields.String()
+    created_at = fields.String()
+    keep = fields.Boolean()
+    reasons = fields.List(fields.String())
+    links = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class RetentionPreviewSchema(Schema):
+    target = fields.String()
+    policies = fields.List(fields.Dict())
+    delete_count = fields.Integer()
+    items = fields.List(fields.Nested(RetentionDecisionSchema))
+
+
 class ScheduleSchema(Schema):
     id = fields.String()
     target = fields.String()
@@ -211,6 +256,10 @@ class ScheduleSchema(Schema):
 
 class ScheduleListQuerySchema(StrictSchema):
     target = fields.String(load_default=None, validate=_name)
+
+
+class ScheduleListSchema(Schema):
+    items = fields.List(fields.Nested(ScheduleSchema))
 
 
 class RetentionPreviewQuerySchema(StrictSchema):

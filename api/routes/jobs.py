@@ -6,7 +6,15 @@ import json
 from flask import Blueprint, jsonify, request
 
 from api.http import job_headers, page_body, page_limit, parse_body, parse_query, present_job, services
-from api.schemas import BackupRequestSchema, JobGetQuerySchema, JobListQuerySchema, JobSchema, RestoreRequestSchema
+from api.openapi import operation
+from api.schemas import (
+    BackupRequestSchema,
+    JobGetQuerySchema,
+    JobListQuerySchema,
+    JobPageSchema,
+    JobSchema,
+    RestoreRequestSchema,
+)
 from shared.core.errors import ValidationFailed
 from shared.domain.jobs import Job, JobFilter
 from shared.services.callbacks import validate_callback
@@ -43,13 +51,34 @@ def _submit(body: dict, submit) -> tuple:
     return jsonify(_job.dump(present_job(job))), 202, headers
 
 
+_SUBMIT_HEADERS = {"Idempotency-Key": "Same key and body: the same job again (Idempotent-Replayed: true)"}
+_SUBMIT_ERRORS = {
+    409: "A request with this Idempotency-Key is in flight (idempotency_key_in_use)",
+    503: "Redis does not answer (broker_unavailable); retry after Retry-After",
+}
+
+
 @bp.post("/backups")
+@operation(
+    summary="Start a backup of a target",
+    body=BackupRequestSchema,
+    headers=_SUBMIT_HEADERS,
+    responses={202: ("The queued job; Location: /api/v1/jobs/<id>", JobSchema)},
+    errors={404: "No such target (target_not_found)", **_SUBMIT_ERRORS},
+)
 def create_backup():
     body = parse_body(BackupRequestSchema())
     return _submit(body, lambda callback: services().jobs.submit_backup(body["target"], body["options"], callback=callback))
 
 
 @bp.post("/restores")
+@operation(
+    summary="Restore a backup into its own target, another one, or another database",
+    body=RestoreRequestSchema,
+    headers=_SUBMIT_HEADERS,
+    responses={202: ("The queued job; Location: /api/v1/jobs/<id>", JobSchema)},
+    errors={404: "No such backup or target (backup_not_found, target_not_found)", **_SUBMIT_ERRORS},
+)
 def create_restore():
     body = parse_body(RestoreRequestSchema())
     return _submit(
@@ -70,12 +99,22 @@ def _job_response(job: Job, status: int = 200):
 
 
 @bp.get("/jobs/<job_id>")
+@operation(
+    summary="One job; with ?wait=N held until its status changes; Retry-After while unfinished",
+    query=JobGetQuerySchema,
+    responses={200: ("The job", JobSchema)},
+)
 def get_job(job_id: str):
     wait = min(parse_query(JobGetQuerySchema())["wait"], services().settings.wait_max_seconds)
     return _job_response(services().jobs.wait(job_id, wait))
 
 
 @bp.post("/jobs/<job_id>/cancel")
+@operation(
+    summary="Cancel a job: a queued one never starts, a running one stops and leaves no partial archive",
+    responses={200: ("Cancelled (it was queued)", JobSchema), 202: ("Stopping (it was running)", JobSchema)},
+    errors={409: "The job already finished (job_finished)"},
+)
 def cancel_job(job_id: str):
     job = services().jobs.cancel(job_id)
     # A queued job is cancelled at once (200); a running one stops at its next progress report (202).
@@ -83,6 +122,7 @@ def cancel_job(job_id: str):
 
 
 @bp.get("/jobs")
+@operation(summary="Jobs, newest first, filtered by status, kind and target", query=JobListQuerySchema, responses={200: ("A page of jobs", JobPageSchema)})
 def list_jobs():
     query = parse_query(JobListQuerySchema())
     filters = JobFilter(status=query["status"], kind=query["kind"], target=query["target"])

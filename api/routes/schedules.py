@@ -3,11 +3,15 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, url_for
 
 from api.http import job_headers, parse_body, parse_query, present_job, services
+from api.openapi import operation
 from api.schemas import (
     JobSchema,
     RetentionPreviewQuerySchema,
+    RetentionPreviewSchema,
     ScheduleListQuerySchema,
+    ScheduleListSchema,
     ScheduleSchema,
+    ScheduleUpdateSchema,
     ScheduleWriteSchema,
 )
 from shared.domain.schedules import Schedule
@@ -29,12 +33,20 @@ def _present(schedule: Schedule) -> dict:
 
 
 @bp.get("/schedules")
+@operation(summary="Schedules, with next and last run", query=ScheduleListQuerySchema, responses={200: ("Schedules", ScheduleListSchema)}, tag="schedules")
 def list_schedules():
     query = parse_query(ScheduleListQuerySchema())
     return jsonify({"items": [_present(s) for s in services().schedules.all(query["target"])]})
 
 
 @bp.post("/schedules")
+@operation(
+    summary="Create a schedule (cron in a time zone, or an interval) with an optional retention policy",
+    body=ScheduleWriteSchema,
+    responses={201: ("The schedule; Location: /api/v1/schedules/<id>", ScheduleSchema)},
+    errors={404: "No such target (target_not_found)"},
+    tag="schedules",
+)
 def create_schedule():
     schedule = services().schedules.create(parse_body(ScheduleWriteSchema()))
     location = url_for("schedules.get_schedule", schedule_id=schedule.id)
@@ -42,29 +54,56 @@ def create_schedule():
 
 
 @bp.get("/schedules/<schedule_id>")
+@operation(summary="One schedule", responses={200: ("The schedule", ScheduleSchema)}, tag="schedules")
 def get_schedule(schedule_id: str):
     return jsonify(_present(services().schedules.get(schedule_id)))
 
 
 @bp.patch("/schedules/<schedule_id>")
+@operation(
+    summary="Change a schedule (setting cron clears interval_seconds and the other way round)",
+    body=ScheduleUpdateSchema,
+    responses={200: ("The schedule", ScheduleSchema)},
+    errors={409: "Declared in FLEXDB_SCHEDULES (schedule_managed_by_settings)"},
+    tag="schedules",
+)
 def update_schedule(schedule_id: str):
-    changes = parse_body(ScheduleWriteSchema(), partial=True)
+    changes = parse_body(ScheduleUpdateSchema())
     return jsonify(_present(services().schedules.update(schedule_id, changes)))
 
 
 @bp.delete("/schedules/<schedule_id>")
+@operation(
+    summary="Delete a schedule",
+    responses={204: ("Deleted", None)},
+    errors={409: "Declared in FLEXDB_SCHEDULES (schedule_managed_by_settings)"},
+    tag="schedules",
+)
 def delete_schedule(schedule_id: str):
     services().schedules.delete(schedule_id)
     return "", 204
 
 
 @bp.post("/schedules/<schedule_id>/run")
+@operation(
+    summary="Run the schedule's backup now",
+    responses={202: ("The queued job", JobSchema)},
+    errors={409: "A backup or restore of the target is running (target_busy)", 503: "Redis does not answer (broker_unavailable)"},
+    tag="schedules",
+)
 def run_schedule(schedule_id: str):
     job = services().schedules.run_now(schedule_id)
     return jsonify(_job.dump(present_job(job))), 202, job_headers(job)
 
 
 @bp.get("/retention/preview")
+@operation(
+    summary="What retention would keep and delete for a target, and why (nothing is deleted)",
+    query=RetentionPreviewQuerySchema,
+    responses={200: ("The decision per backup", RetentionPreviewSchema)},
+    errors={404: "No such target (target_not_found)"},
+    tag="schedules",
+)
 def preview_retention():
     target = parse_query(RetentionPreviewQuerySchema())["target"]
     policies, decisions = services().retention.plan(target)

@@ -1,13 +1,26 @@
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from api.http import services
+from api.openapi import operation
+from api.schemas import HealthSchema
 
 bp = Blueprint("system", __name__)
 
 
 @bp.get("/health")
+@operation(
+    summary="Health of the API, Redis, workers, storage and every target",
+    responses={200: ("Everything answers", HealthSchema), 503: ("Some component is down (same body)", HealthSchema)},
+    tag="system",
+)
 def health():
     healthy, body = services().health.check()
     return jsonify(body), 200 if healthy else 503
+
+
+@bp.get("/openapi.json")
+@operation(summary="This OpenAPI 3 document", responses={200: ("The document", None)}, tag="system")
+def openapi_document():
+    return jsonify(current_app.extensions["flexdb.openapi"])

@@ -3,7 +3,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, url_for
 
 from api.http import parse_body, services
-from api.schemas import ConnectionCheckSchema, ServerInfoSchema, TargetSchema
+from api.openapi import operation
+from api.schemas import ConnectionCheckSchema, ServerInfoSchema, TargetListSchema, TargetSchema
 from shared.domain.engine import ServerInfo
 
 bp = Blueprint("targets", __name__)
@@ -18,6 +19,7 @@ def _present_info(engine: str, info: ServerInfo) -> dict:
 
 
 @bp.get("/targets")
+@operation(summary="The configured targets (URIs with the password masked)", responses={200: ("Targets", TargetListSchema)}, tag="targets")
 def list_targets():
     svc = services().targets
     items = []
@@ -29,6 +31,12 @@ def list_targets():
 
 
 @bp.post("/targets/<name>/check")
+@operation(
+    summary="Connect to a target: server version and latency",
+    responses={200: ("It answers", ServerInfoSchema)},
+    errors={502: "The target is unreachable or refused the credentials (target_unreachable, authentication_failed)"},
+    tag="targets",
+)
 def check_target(name: str):
     svc = services().targets
     target = svc.get(name)
@@ -36,6 +44,13 @@ def check_target(name: str):
 
 
 @bp.post("/connections/check")
+@operation(
+    summary="Try a connection that is not a configured target",
+    body=ConnectionCheckSchema,
+    responses={200: ("It answers", ServerInfoSchema)},
+    errors={502: "Unreachable, or the credentials were refused (target_unreachable, authentication_failed)"},
+    tag="targets",
+)
 def check_connection():
     body = parse_body(ConnectionCheckSchema())
     info = services().targets.check_connection(body["engine"], body["uri"])

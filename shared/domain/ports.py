@@ -105,6 +105,10 @@ class JobRepository(ABC):
     @abstractmethod
     def find(self, filters: JobFilter, limit: int, cursor: str | None) -> Page: ...
 
+    @abstractmethod
+    def iter_jobs(self) -> Iterator[Job]:
+        """Every job record still kept, newest first."""
+
 
 class IdempotencyStore(ABC):
     """Remembers which job an ``Idempotency-Key`` produced, and for which request."""

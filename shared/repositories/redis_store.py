@@ -161,6 +161,10 @@ class RedisJobRepository(JobRepository):
         next_cursor = f"{self._score(items[-1])!r}:{items[-1].id}" if has_more and items else None
         return Page(items, next_cursor)
 
+    @redis_errors
+    def iter_jobs(self) -> Iterator[Job]:
+        return iter(list(self._newest_first(None)))
+
     def _newest_first(self, cursor: str | None, batch: int = 200) -> Iterator[Job]:
         """Walk the index from ``cursor`` (exclusive) down, skipping expired records."""
         max_score, after_id = "+inf", None

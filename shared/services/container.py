@@ -21,6 +21,7 @@ from shared.services.callbacks import CallbackService
 from shared.services.catalog import BackupCatalog
 from shared.services.health import HealthService
 from shared.services.jobs import JobService
+from shared.services.metrics import FlexDBCollector, MetricsService
 from shared.services.retention import RetentionService
 from shared.services.schedules import ScheduleService
 from shared.services.targets import TargetService
@@ -45,6 +46,7 @@ class Services:
     schedules: ScheduleService
     retention: RetentionService
     callbacks: CallbackService
+    metrics: MetricsService
 
 
 def build_services(settings: Settings, celery: Celery | None = None) -> Services:
@@ -79,4 +81,5 @@ def build_services(settings: Settings, celery: Celery | None = None) -> Services
         ),
         retention=retention,
         callbacks=CallbackService(settings, jobs_repo),
+        metrics=MetricsService(FlexDBCollector(jobs_repo, storage, workers, client)),
     )
