@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit venv clean help
+.PHONY: run test test-unit lint venv clean help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,6 +24,9 @@ test: $(STAMP) ## run the whole test suite (starts the servers it needs)
 
 test-unit: $(STAMP) ## only the fast unit tests
 	@exec $(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP) ## static checks (pyflakes-level errors)
+	@$(VENV)/bin/ruff check --select F,E9 api shared worker scripts tests bench
 
 clean: ## remove the environment and local state
 	rm -rf $(VENV) var

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from api.http import services
 from api.openapi import operation

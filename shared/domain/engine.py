@@ -49,6 +49,7 @@ class DumpResult:
 
     database: str | None = None
     server_version: str | None = None
+    tool_version: str | None = None  # when the engine learned it while dumping
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,7 +150,7 @@ class BackupEngine(ABC):
             sha256=hashing.sha256,
             database=result.database,
             job_id=job_id,
-            tool_version=self.tool_version(),
+            tool_version=result.tool_version or self.tool_version(),
             server_version=result.server_version or server.version,
             compression=self.compression,
             details=result.details,

@@ -36,7 +36,6 @@ from shared.core.redaction import redact
 from shared.core.settings import Settings, Target
 from shared.domain.backups import BackupManifest
 from shared.domain.engine import BackupEngine, DumpResult, RestoreRequest, ServerInfo
-from shared.domain.ports import Storage
 from shared.domain.progress import ProgressTracker
 from shared.domain.streams import HashingWriter
 from shared.engines.mongodb_archive import (

@@ -115,8 +115,12 @@ class PostgreSQLEngine(BackupEngine):
             raise DumpFailed(f"{name} is not installed on this worker; install postgresql-client or set FLEXDB_PG_BIN_DIR.")
         return path
 
-    def tool_version(self) -> str:
-        out = subprocess.run([self._tool("pg_dump"), "--version"], capture_output=True, text=True, check=False)
+    def tool_version(self, env: Mapping[str, str] | None = None) -> str:
+        # Debian's pg_dump is a wrapper that picks a client version from the environment
+        # (PGHOST...): ask with the dump's own environment to learn what will really run.
+        out = subprocess.run(
+            [self._tool("pg_dump"), "--version"], capture_output=True, text=True, check=False, env=env
+        )
         match = re.search(r"(\d+(?:\.\d+)*)", out.stdout)
         return match.group(1) if match else out.stdout.strip()
 
@@ -164,8 +168,8 @@ class PostgreSQLEngine(BackupEngine):
             details={"server_version_num": version_num, "database": database, "tables": tables},
         )
 
-    def _check_tool_version(self, server: ServerInfo) -> None:
-        tool = self.tool_version()
+    def _check_tool_version(self, server: ServerInfo, env: Mapping[str, str]) -> str:
+        tool = self.tool_version(env)
         tool_major = int(tool.split(".")[0]) if tool[:1].isdigit() else 0
         server_major = int(server.details["server_version_num"]) // 10000
         if tool_major and tool_major < server_major:
@@ -173,6 +177,7 @@ class PostgreSQLEngine(BackupEngine):
                 f"pg_dump {tool} is older than the server (PostgreSQL {server.version}); install "
                 f"postgresql-client-{server_major} or newer on the worker, or point FLEXDB_PG_BIN_DIR at it."
             )
+        return tool
 
     def dump(
         self,
@@ -182,7 +187,8 @@ class PostgreSQLEngine(BackupEngine):
         server: ServerInfo,
         options: Mapping[str, Any],
     ) -> DumpResult:
-        self._check_tool_version(server)
+        env = self._tool_env(target)
+        tool_version = self._check_tool_version(server, env)
         progress.set_total(server.details.get("tables") or None)
         with tempfile.NamedTemporaryFile(prefix="pg_dump-", suffix=".log") as stderr:
             # stderr goes to a file: a pipe nobody reads fills up and deadlocks the dump.
@@ -190,7 +196,7 @@ class PostgreSQLEngine(BackupEngine):
                 [self._tool("pg_dump"), "--format=custom", "--no-password", "--verbose"],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
-                env=self._tool_env(target),
+                env=env,
             )
             watcher = _TableCounter(Path(stderr.name))
             try:
@@ -212,6 +218,7 @@ class PostgreSQLEngine(BackupEngine):
         return DumpResult(
             database=server.details.get("database"),
             server_version=server.version,
+            tool_version=tool_version,
             details={"tables": server.details.get("tables")},
         )
 

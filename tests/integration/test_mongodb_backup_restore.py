@@ -13,7 +13,6 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import bson
@@ -27,8 +26,9 @@ from pymongo.uri_parser import parse_uri
 from shared.engines.mongodb_archive import MAGIC, ArchiveReader, open_decompressing_reader
 from tests.conftest import CANARY_PASSWORD, Stack
 from tests.support.mongo import MongoTestServer
+from tests.support.fixtures import MONGODUMP_FIXTURES, needs_mongodump_fixtures
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "mongodump-archives"
+FIXTURES = MONGODUMP_FIXTURES
 COLLECTIONS = ("everything", "orders", "capped_log", "clustered_events", "a.b.c", "empty")
 VIEWS = ("big_orders",)
 RESPONSES: list[str] = []  # every API answer of this module, checked for the password at the end
@@ -363,6 +363,7 @@ def test_a_damaged_archive_that_matches_its_manifest_is_refused_by_the_structura
         ("timeseries.archive", False, "foo_ts", 10),
     ],
 )
+@needs_mongodump_fixtures
 def test_an_archive_written_by_the_real_mongodump_restores(
     stack: Stack, mongo: MongoClient, backup: dict, fixture: str, compress: bool, collection: str, documents: int
 ) -> None:

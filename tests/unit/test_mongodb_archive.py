@@ -13,7 +13,6 @@ import random
 import uuid
 import zlib
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import bson
@@ -38,23 +37,11 @@ from shared.engines.mongodb_archive import (
     open_decompressing_reader,
     verify,
 )
+from tests.support.fixtures import MONGODUMP_FIXTURES, needs_mongodump_fixtures
 
-# --- fixtures location -------------------------------------------------------------------------
-
-
-def _fixtures_dir() -> Path:
-    override = os.environ.get("FLEXDB_FIXTURES_DIR")
-    if override:
-        return Path(override)
-    # <repo parent>/shared/fixtures/mongodump-archives, the repo being <parent>/main
-    return Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "mongodump-archives"
-
-
-FIXTURES = _fixtures_dir()
-needs_fixtures = pytest.mark.skipif(
-    not (FIXTURES / "test.bar.archive").is_file(),
-    reason=f"real mongodump archives not found in {FIXTURES} (set FLEXDB_FIXTURES_DIR)",
-)
+# Real mongodump archives (skipped with a reason when the shared fixtures are absent).
+FIXTURES = MONGODUMP_FIXTURES
+needs_fixtures = needs_mongodump_fixtures
 
 # --- independent helpers -----------------------------------------------------------------------
 
