@@ -13,7 +13,9 @@ the examples"):
   The result line starts with ``# →`` and the HTTP status, then ``;``-separated items:
   ``.path = <JSON>`` (a field of the JSON answer and its value), ``until .path`` (repeat the
   command until that field is true: polling a job), ``NAME=.path`` (remember the field in the
-  shell variable NAME for later commands) and ``Header-Name: value`` (a response header).
+  shell variable NAME for later commands), ``Header-Name: value`` (a response header) and
+  ``contains "<text>"`` (the raw answer holds that text, a JSON string: for answers that are
+  not JSON, such as ``/metrics``).
   Expected values may use variables remembered earlier (``"$BACKUP_ID"``).
 - ``$API`` is the base URL; every other ``$VARIABLE`` must be set by an earlier result line.
 - A ```` ```json ```` block right after a bash block shows an example answer of that block's
@@ -50,6 +52,7 @@ _PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 _ITEM_UNTIL = re.compile(r"^until\s+(\.\S*)$")
 _ITEM_CAPTURE = re.compile(r"^([A-Z][A-Z0-9_]*)=(\.\S*)$")
 _ITEM_EQUALS = re.compile(r"^(\.\S*)\s*=\s*(.+)$")
+_ITEM_CONTAINS = re.compile(r"^contains\s+(.+)$")
 _ITEM_HEADER = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):\s*(.+)$")
 _STATUS = re.compile(r"^(\d{3})(?:\s+[A-Za-z][A-Za-z -]*)?$")
 
@@ -68,6 +71,7 @@ class Expectation:
     until: str | None = None
     captures: list[tuple[str, str]] = field(default_factory=list)  # (variable, path)
     headers: list[tuple[str, str]] = field(default_factory=list)  # (name, value)
+    contains: list[str] = field(default_factory=list)  # JSON strings the raw answer must hold
 
 
 @dataclass
@@ -151,6 +155,14 @@ def parse_expectation(line: str, where: str) -> Expectation:
                     f"{where}: {item!r}: the expected value must be JSON (strings in double quotes)"
                 ) from None
             expect.equals.append((m.group(1), m.group(2)))
+        elif m := _ITEM_CONTAINS.match(item):
+            try:
+                text = json.loads(m.group(1))
+            except ValueError:
+                text = None
+            if not isinstance(text, str):
+                raise DocError(f"{where}: {item!r}: contains takes one JSON string (in double quotes)")
+            expect.contains.append(m.group(1))
         elif m := _ITEM_HEADER.match(item):
             expect.headers.append((m.group(1), m.group(2).strip()))
         else:
@@ -359,6 +371,10 @@ class DocRunner:
             got = answer.headers.get(name.lower())
             if got != wanted:
                 self._fail(command, answer, f"header {name} is {got!r}, the document says {wanted!r}")
+        for raw in expect.contains:
+            wanted = json.loads(self.rewrite(self._expand(raw, command)))
+            if wanted not in answer.text:
+                self._fail(command, answer, f"the answer does not contain {wanted!r}")
         self._trace(command, answer)
         if command.example is not None:
             missing = missing_fields(command.example, answer.body)
