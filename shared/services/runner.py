@@ -13,7 +13,7 @@ from shared.core.redaction import redact
 from shared.core.settings import Settings
 from shared.domain.backups import new_backup_id
 from shared.domain.engine import RestoreRequest
-from shared.domain.jobs import Job, JobKind, utcnow
+from shared.domain.jobs import Job, JobKind, Progress, utcnow
 from shared.domain.ports import JobRepository, Storage, TargetLock
 from shared.domain.progress import ProgressTracker
 from shared.engines import engine_for
@@ -59,7 +59,7 @@ class JobRunner:
             self._finish_cancelled(job)
             return
         tracker = ProgressTracker(
-            lambda progress: self._jobs.save_progress(job.id, progress),
+            _ProgressLog(lambda progress: self._jobs.save_progress(job.id, progress)),
             self._settings.progress_interval_seconds,
             should_stop=lambda: self._jobs.cancel_requested(job.id),
         )
@@ -136,3 +136,29 @@ class JobRunner:
         )
         details = engine.restore(target, self._storage, manifest, request, tracker)
         return {"size_bytes": manifest.size_bytes, **details}
+
+
+class _ProgressLog:
+    """Saves every progress report and logs the milestones: each new stage, and each quarter
+    of the work when the total is known."""
+
+    def __init__(self, save: Callable[[Progress], None]) -> None:
+        self._save = save
+        self._stage: str | None = None
+        self._quarter = 0
+
+    def __call__(self, progress: Progress) -> None:
+        self._save(progress)
+        quarter = int((progress.percent or 0) // 25)
+        if progress.stage != self._stage:
+            self._stage, self._quarter = progress.stage, quarter
+            log.info("job.stage", stage=progress.stage, items_total=progress.items_total, bytes_total=progress.bytes_total)
+        elif quarter > self._quarter:
+            self._quarter = quarter
+            log.info(
+                "job.progress",
+                stage=progress.stage,
+                percent=progress.percent,
+                bytes_done=progress.bytes_done,
+                items_done=progress.items_done,
+            )

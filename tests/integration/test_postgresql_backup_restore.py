@@ -269,7 +269,8 @@ def test_flask_errors_are_problem_json_too(stack: Stack) -> None:
 def test_no_password_reaches_a_log_line(stack: Stack) -> None:
     """Runs after the tests above in this module: every job they ran has been logged."""
     logs = stack.logs()
-    assert "job.succeeded" in logs and "job.failed" in logs
+    for event in ("job.queued", "job.started", "job.stage", "job.succeeded", "job.failed", "http.request"):
+        assert f'"event": "{event}"' in logs, f"no {event} in the logs"
     assert CANARY_PASSWORD not in logs
     for line in logs.splitlines():
         if line.startswith("{"):
