@@ -9,6 +9,7 @@ import structlog
 from flask import Flask, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from api.auth import install_token_check
 from api.errors import register_error_handlers
 from shared.core.errors import BrokerUnavailable
 from api.openapi import build_spec
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     register_error_handlers(app)
     app.extensions["flexdb.openapi"] = build_spec(app, title="Flexible Database API", version=API_VERSION)
     _install_request_context(app)
+    install_token_check(app, settings.api_token)
     _install_declared_schedules(app)
     return app
 

@@ -42,6 +42,10 @@ class BadRequest(FlexDBError):
     status, code, title = 400, "bad_request", "Bad request"
 
 
+class Unauthorized(FlexDBError):
+    status, code, title = 401, "unauthorized", "Authentication required"
+
+
 class NotFound(FlexDBError):
     status, code, title = 404, "not_found", "Not found"
 

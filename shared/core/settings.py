@@ -76,6 +76,8 @@ class Settings:
     # The service's address as clients reach it (absolute links in callbacks); empty means
     # http://<FLEXDB_API_HOST>:<FLEXDB_API_PORT>.
     public_url: str = ""
+    # When set, every API route but GET /api/v1/health needs "Authorization: Bearer <token>".
+    api_token: str = field(default="", repr=False)
     wait_max_seconds: int = 30
     idempotency_ttl_seconds: int = 24 * 3600
     callback_secret: str = field(default="", repr=False)
@@ -142,6 +144,7 @@ class Settings:
             api_timeout_seconds=reader.get("API_TIMEOUT_SECONDS", cls.api_timeout_seconds, _int_in(1, 24 * 3600)),
             stop_grace_seconds=reader.get("STOP_GRACE_SECONDS", cls.stop_grace_seconds, _int_in(1, 3600)),
             public_url=reader.get("PUBLIC_URL", cls.public_url, _http_url),
+            api_token=reader.get("API_TOKEN", cls.api_token, str),
             wait_max_seconds=reader.get("WAIT_MAX_SECONDS", cls.wait_max_seconds, _int_in(0, 600)),
             idempotency_ttl_seconds=reader.get(
                 "IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_seconds, _int_in(60, 30 * 24 * 3600)
@@ -186,6 +189,7 @@ class Settings:
         for target in values["targets"].values():
             register_secret(urlsplit(target.uri).password)
         register_secret(values["callback_secret"])
+        register_secret(values["api_token"])
         return cls(**values)
 
     @property
