@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from tests.support.mongo import MongoTestServer
+from tests.support.servers import claim_redis_database, release_redis_database
 from tests.support.processes import ApiClient, ManagedProcess, free_port, python_argv, wait_for
 
 REDIS_URL = os.environ.get("FLEXDB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -81,6 +82,17 @@ def service_env(tmp: Path, targets: dict, redis_url: str = REDIS_URL, **extra: s
     )
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="module")
+def own_redis_url() -> Iterator[str]:
+    """A Redis database for a module's private stack (its workers must not take the shared
+    stack's tasks, nor its health see theirs)."""
+    url = claim_redis_database("private stack")
+    if url is None:
+        pytest.skip("every Redis database 1-15 is claimed by other test runs")
+    yield url
+    release_redis_database(url)
 
 
 @pytest.fixture(scope="session")

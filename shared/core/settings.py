@@ -82,6 +82,9 @@ class Settings:
     idempotency_ttl_seconds: int = 24 * 3600
     callback_secret: str = field(default="", repr=False)
     callback_timeout_seconds: int = 10
+    # The first attempt waits this long: a workflow engine (n8n) answers 409 to a resume that
+    # arrives before it has parked the execution, and 409 is final.
+    callback_delay_seconds: float = 2.0
     callback_max_attempts: int = 8
     callback_backoff_max_seconds: int = 600
     stop_grace_seconds: int = 10
@@ -151,6 +154,7 @@ class Settings:
             ),
             callback_secret=reader.get("CALLBACK_SECRET", cls.callback_secret, str),
             callback_timeout_seconds=reader.get("CALLBACK_TIMEOUT_SECONDS", cls.callback_timeout_seconds, _int_in(1, 300)),
+            callback_delay_seconds=reader.get("CALLBACK_DELAY_SECONDS", cls.callback_delay_seconds, _float_in(0.0, 600.0)),
             callback_max_attempts=reader.get("CALLBACK_MAX_ATTEMPTS", cls.callback_max_attempts, _int_in(1, 50)),
             callback_backoff_max_seconds=reader.get(
                 "CALLBACK_BACKOFF_MAX_SECONDS", cls.callback_backoff_max_seconds, _int_in(1, 24 * 3600)

@@ -140,7 +140,7 @@ class TaskQueue(ABC):
     """Sends work to the workers by task name, with the job id as the only argument."""
 
     @abstractmethod
-    def enqueue(self, task_name: str, job_id: str) -> None:
+    def enqueue(self, task_name: str, job_id: str, delay_seconds: float = 0) -> None:
         """Raise BrokerUnavailable when the broker cannot take the message."""
 
 

@@ -59,7 +59,12 @@ def build_services(settings: Settings, celery: Celery | None = None) -> Services
     catalog = BackupCatalog(storage)
     lock = RedisTargetLock(client, settings.lock_ttl_seconds, settings.lock_wait_seconds)
     jobs = JobService(
-        jobs_repo, CeleryTaskQueue(celery), targets, catalog, RedisIdempotencyStore(client, settings.idempotency_ttl_seconds)
+        jobs_repo,
+        CeleryTaskQueue(celery),
+        targets,
+        catalog,
+        RedisIdempotencyStore(client, settings.idempotency_ttl_seconds),
+        callback_delay_seconds=settings.callback_delay_seconds,
     )
     schedule_repo = RedisScheduleRepository(client)
     retention = RetentionService(storage, jobs_repo, schedule_repo, targets)

@@ -32,7 +32,9 @@ class JobService:
         targets: TargetService,
         catalog: BackupCatalog,
         idempotency: IdempotencyStore,
+        callback_delay_seconds: float = 0,
     ) -> None:
+        self._callback_delay = callback_delay_seconds
         self._jobs = jobs
         self._queue = queue
         self._targets = targets
@@ -154,6 +156,6 @@ class JobService:
         if job.callback is None:
             return
         try:
-            self._queue.enqueue(CALLBACK_TASK, job.id)
+            self._queue.enqueue(CALLBACK_TASK, job.id, delay_seconds=self._callback_delay)
         except BrokerUnavailable as exc:
             log.warning("callback.not_queued", job_id=job.id, error=exc.message)

@@ -78,9 +78,9 @@ class CeleryTaskQueue(TaskQueue):
     def __init__(self, app: Celery) -> None:
         self._app = app
 
-    def enqueue(self, task_name: str, job_id: str) -> None:
+    def enqueue(self, task_name: str, job_id: str, delay_seconds: float = 0) -> None:
         try:
-            self._app.send_task(task_name, args=[job_id], queue=QUEUE)
+            self._app.send_task(task_name, args=[job_id], queue=QUEUE, countdown=delay_seconds or None)
         except OperationalError as exc:
             raise BrokerUnavailable(
                 f"The broker did not take the job ({type(exc).__name__}); try again when FLEXDB_REDIS_URL answers."

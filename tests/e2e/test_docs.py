@@ -22,17 +22,14 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-import redis
 
 from scripts.run_stack import COMMANDS
-from tests.conftest import REDIS_URL, drop_database, pg_admin, pg_uri, service_env
+from tests.conftest import drop_database, pg_admin, pg_uri, service_env
 from tests.support.docs import DocCommand, DocError, DocRunner, dotenv_settings, parse_doc, substitutions
 from tests.support.mongo import MongoTestServer
 from tests.support.processes import ApiClient, ManagedProcess, free_port, python_argv, wait_for
-from tests.support.servers import _CLAIM_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 MANUAL = REPO / "docs" / "user-manual.md"
@@ -203,22 +200,6 @@ class DocsStack:
         return DocRunner(self.api_url, workdir, rewrite=substitutions(mapping), on_failure=lambda: "\n" + self.logs())
 
 
-def _claim_redis_database() -> str:
-    """A Redis database of our own, with the claim protocol of tests/support/servers.py."""
-    parts = urlsplit(REDIS_URL)
-    taken = int(parts.path.lstrip("/") or 0)
-    for db in range(15, 0, -1):
-        if db == taken:
-            continue
-        url = f"{parts.scheme}://{parts.netloc}/{db}"
-        client = redis.Redis.from_url(url)
-        if client.set(_CLAIM_KEY, "test_docs", nx=True, ex=3600):
-            client.flushdb()
-            client.set(_CLAIM_KEY, "test_docs", ex=3600)
-            return url
-    pytest.skip("every Redis database 1-15 is claimed by other test runs")
-
-
 def _seed_postgresql(database: str) -> None:
     with pg_admin() as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
@@ -240,7 +221,9 @@ def _seed_mongodb(server: MongoTestServer, database: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def docs_stack(tmp_path_factory: pytest.TempPathFactory, mongo_server: MongoTestServer) -> Iterator[DocsStack]:
+def docs_stack(
+    tmp_path_factory: pytest.TempPathFactory, mongo_server: MongoTestServer, own_redis_url: str
+) -> Iterator[DocsStack]:
     tmp = tmp_path_factory.mktemp("docs-stack")
     settings = _doc_settings()
     suffix = secrets.token_hex(4)
@@ -250,7 +233,7 @@ def docs_stack(tmp_path_factory: pytest.TempPathFactory, mongo_server: MongoTest
     unknown = {name for name, spec in doc_targets.items() if spec["engine"] not in uris}
     assert not unknown, f"the docs use targets of an engine this test has no database for: {unknown}"
     targets = {name: {**spec, "uri": uris[spec["engine"]]} for name, spec in doc_targets.items()}
-    redis_url = _claim_redis_database()
+    redis_url = own_redis_url
     _seed_postgresql(made["postgresql"])
     _seed_mongodb(mongo_server, made["mongodb"])
     port = free_port()
@@ -288,7 +271,6 @@ def docs_stack(tmp_path_factory: pytest.TempPathFactory, mongo_server: MongoTest
         with mongo_server.client() as mongo:
             for name in {made["mongodb"], *stack.databases}:
                 mongo.drop_database(name)
-        redis.Redis.from_url(redis_url).flushdb()  # the claim key goes with it
 
 
 @pytest.mark.parametrize("doc", list(DOCS), ids=lambda doc: doc.name)

@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL
 from tests.support.processes import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,8 +201,8 @@ def _redis_answers(url: str) -> bool:
         client.close()
 
 
-def test_make_run_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    with make_run(tmp_path, REDIS_URL) as stack:
+def test_make_run_serves_and_ctrl_c_stops_everything(tmp_path: Path, own_redis_url: str) -> None:
+    with make_run(tmp_path, own_redis_url) as stack:
         _assert_healthy(stack.wait_healthy())
         names = " ".join(stack.leftovers().values())
         assert "gunicorn" in names and "worker.app worker" in names and "worker.app beat" in names, names

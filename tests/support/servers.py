@@ -69,30 +69,43 @@ _CLAIM_KEY = "flexdb-test:claimed-by"
 _claimed: list[str] = []
 
 
-def _claim_redis_database() -> None:
-    """Give this test run a Redis database of its own, so two runs on one machine (a developer's
-    and CI's, say) never flush or read each other's keys. Database 0 is left to ``make run``."""
-    if os.environ.get("FLEXDB_TEST_REDIS_URL"):
-        return
+def claim_redis_database(owner: str) -> str | None:
+    """A Redis database of its own (emptied) for a test run or a test's private stack, so two
+    runs on one machine (a developer's and CI's, say) and two stacks in one run never flush or
+    read each other's keys. Database 0 is left to ``make run``. None when all are taken."""
     import redis
 
     host, port = _redis_address()
     for db in range(15, 0, -1):
         url = f"redis://{host}:{port}/{db}"
         client = redis.Redis.from_url(url)
-        if client.set(_CLAIM_KEY, os.getpid(), nx=True, ex=6 * 3600):
+        if client.set(_CLAIM_KEY, f"{owner} {os.getpid()}", nx=True, ex=6 * 3600):
             client.flushdb()
-            client.set(_CLAIM_KEY, os.getpid(), ex=6 * 3600)
-            os.environ["FLEXDB_TEST_REDIS_URL"] = url
+            client.set(_CLAIM_KEY, f"{owner} {os.getpid()}", ex=6 * 3600)
             _claimed.append(url)
-            return
-    pytest.exit("Every Redis database 1-15 is claimed by another test run; wait for it or flush them.", 2)
+            return url
+    return None
+
+
+def release_redis_database(url: str) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url).flushdb()  # the claim key goes with it
+    except redis.RedisError:
+        pass
+    if url in _claimed:
+        _claimed.remove(url)
 
 
 def pytest_load_initial_conftests(early_config, parser, args) -> None:
     # Runs before tests/conftest.py is imported, which reads FLEXDB_TEST_REDIS_URL.
     _ensure_redis()
-    _claim_redis_database()
+    if not os.environ.get("FLEXDB_TEST_REDIS_URL"):
+        url = claim_redis_database("test session")
+        if url is None:
+            pytest.exit("Every Redis database 1-15 is claimed by another test run; wait for it or flush them.", 2)
+        os.environ["FLEXDB_TEST_REDIS_URL"] = url
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -100,12 +113,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    import redis
-
-    for url in _claimed:
-        try:
-            redis.Redis.from_url(url).delete(_CLAIM_KEY)
-        except redis.RedisError:
-            pass
+    for url in list(_claimed):
+        release_redis_database(url)
     for process in _started:
         process.stop()
