@@ -9,11 +9,14 @@ silent for longer is restarted) and ``FLEXDB_STOP_GRACE_SECONDS`` from the setti
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.glogging import Logger
 
 from shared.core.logs import configure_logging
+from shared.core.redaction import redact
 from shared.core.settings import get_settings
 
 _settings = get_settings()
@@ -54,3 +57,32 @@ logger_class = StructlogLogger
 # $HOME/.gunicorn/gunicorn.ctl by default: two instances on one machine (tests, a second
 # checkout, the service itself) would fight over it. Nothing here uses gunicornc.
 control_socket_disable = True
+
+
+# Gunicorn itself refuses some requests before the app sees them (a request line over 4094
+# bytes: 414, oversized headers: 431, a malformed request: 400) and writes an HTML page for
+# them. The API promises application/problem+json for every error, so each worker writes
+# those refusals as problems too (the OpenAPI document lists 414 and 431 with every route).
+_PROBLEM_CODES = {500: "internal_error"}
+
+
+def _problem_error_page(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    code = _PROBLEM_CODES.get(status_int) or "_".join(reason.lower().replace("-", " ").split())
+    body = json.dumps(
+        {
+            "type": f"urn:flexdb:problem:{code}",
+            "title": reason,
+            "status": status_int,
+            "detail": redact(mesg or reason),
+            "code": code,
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def post_worker_init(worker: Any) -> None:
+    gunicorn_util.write_error = _problem_error_page

@@ -17,6 +17,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema, fields
 
+from api.auth import OPEN_ENDPOINTS
 from shared.core.errors import FlexDBError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -61,8 +62,10 @@ def operation(**kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any
 
 
 _COMMON_ERRORS = {
-    400: "The body is not JSON (bad_request)",
+    400: "The body is not JSON (bad_request), or the HTTP request is malformed",
     405: "Method not allowed (method_not_allowed)",
+    414: "The request line is longer than 4094 bytes (uri_too_long)",
+    431: "The request headers are too many or too large (request_header_fields_too_large)",
     500: "Unexpected server error (internal_error); details only in the log",
 }
 
@@ -70,6 +73,10 @@ _COMMON_ERRORS = {
 def build_spec(app: Flask, title: str, version: str) -> dict[str, Any]:
     spec = APISpec(title=title, version=version, openapi_version="3.0.3", plugins=[MarshmallowPlugin()])
     spec.components.schema("Problem", schema=ProblemSchema)
+    spec.components.security_scheme(
+        "bearerToken",
+        {"type": "http", "scheme": "bearer", "description": "Needed only when the server sets FLEXDB_API_TOKEN"},
+    )
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if rule.endpoint == "static":
             continue
@@ -83,11 +90,37 @@ def build_spec(app: Flask, title: str, version: str) -> dict[str, Any]:
             operations[method.lower()] = _operation(rule, described)
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
+    _strict_nullable_refs(document)
     document["info"]["description"] = (
         "Backup and restore for PostgreSQL and MongoDB. Every error is application/problem+json "
         "(RFC 9457) with a stable `code`."
     )
     return document
+
+
+def _strict_nullable_refs(node: Any) -> None:
+    """Describe a nullable nested schema as exactly "null or that schema".
+
+    For OpenAPI 3.0, apispec writes ``allow_none`` nested fields as
+    ``anyOf: [{"type": "object", "nullable": true}, {"$ref": ...}]``, whose first branch admits
+    any object at all, so the document would promise that unknown fields are accepted (e.g. in
+    a schedule's ``retention``) although the API refuses them. ``allOf`` with ``nullable`` is the
+    3.0 way to say "null or this schema"."""
+    if isinstance(node, list):
+        for item in node:
+            _strict_nullable_refs(item)
+        return
+    if not isinstance(node, dict):
+        return
+    branches = node.get("anyOf")
+    if isinstance(branches, list) and len(branches) == 2 and {"type": "object", "nullable": True} in branches:
+        refs = [branch for branch in branches if branch != {"type": "object", "nullable": True}]
+        if len(refs) == 1 and set(refs[0]) == {"$ref"}:
+            del node["anyOf"]
+            node["allOf"] = refs
+            node["nullable"] = True
+    for value in node.values():
+        _strict_nullable_refs(value)
 
 
 def _operation(rule: Any, described: Operation) -> dict[str, Any]:
@@ -108,6 +141,8 @@ def _operation(rule: Any, described: Operation) -> dict[str, Any]:
             response["content"] = {described.media_type: {"schema": {"type": "string"}}}
         responses[str(status)] = response
     errors = {**described.errors, **_COMMON_ERRORS}
+    if rule.endpoint not in OPEN_ENDPOINTS:
+        errors.setdefault(401, "FLEXDB_API_TOKEN is set and the bearer token is missing or wrong (unauthorized)")
     if rule.arguments:
         errors.setdefault(404, "Not found")
     if described.body is not None or described.query is not None:
@@ -123,6 +158,8 @@ def _operation(rule: Any, described: Operation) -> dict[str, Any]:
     }
     if described.body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": described.body}}}
+    # The token is optional server-side: either no credentials or a bearer token.
+    op["security"] = [{}] if rule.endpoint in OPEN_ENDPOINTS else [{}, {"bearerToken": []}]
     return op
 
 

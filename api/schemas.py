@@ -7,9 +7,17 @@ from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 from shared.core.settings import NAME_PATTERN
 from shared.domain.backups import ID_PATTERN
 from shared.domain.jobs import JobKind, JobStatus
+from shared.domain.retention import MAX_AGE_DAYS
+from shared.domain.schedules import MAX_INTERVAL_SECONDS
+from shared.engines import engine_names
 
 _name = validate.Regexp(NAME_PATTERN, error="must be 1-64 letters, digits, '_' or '-'")
 _id = validate.Regexp(ID_PATTERN, error="must be 1-64 letters, digits, '_' or '-'")
+# ``GET /jobs`` pages with ``<score>:<job id>`` (the score is the job's creation time as a float
+# repr); anything else would reach Redis as a malformed range and come back as a broker error.
+_job_cursor = validate.Regexp(
+    r"^[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?:[A-Za-z0-9_-]{1,64}$", error="not a cursor this API handed out (links.next)"
+)
 _database = validate.Regexp(
     r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$", error="must be 1-63 letters, digits, '_', '$' or '-', starting with a letter or '_'"
 )
@@ -53,7 +61,7 @@ class RestoreRequestSchema(CallbackFieldsSchema):
 
 
 class ConnectionCheckSchema(StrictSchema):
-    engine = fields.String(required=True)
+    engine = fields.String(required=True, validate=validate.OneOf(engine_names()))
     uri = fields.String(required=True, validate=validate.Length(min=1, max=4096))
 
 
@@ -71,12 +79,15 @@ class JobGetQuerySchema(StrictSchema):
 
 
 class JobListQuerySchema(PageQuerySchema):
+    cursor = fields.String(load_default=None, validate=[validate.Length(min=1, max=200), _job_cursor])
     status = fields.Enum(JobStatus, by_value=True, load_default=None)
     kind = fields.Enum(JobKind, by_value=True, load_default=None)
     target = fields.String(load_default=None, validate=_name)
 
 
 class BackupListQuerySchema(PageQuerySchema):
+    # A backup list pages by backup id: a malformed one is a bad query (422), not a missing backup.
+    cursor = fields.String(load_default=None, validate=_id)
     target = fields.String(load_default=None, validate=_name)
 
 
@@ -171,7 +182,7 @@ class ServerInfoSchema(Schema):
 
 class RetentionPolicySchema(StrictSchema):
     keep_last = fields.Integer(allow_none=True, validate=validate.Range(min=0))
-    max_age_days = fields.Integer(allow_none=True, validate=validate.Range(min=0))
+    max_age_days = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=MAX_AGE_DAYS))
     keep_daily = fields.Integer(allow_none=True, validate=validate.Range(min=0))
     keep_weekly = fields.Integer(allow_none=True, validate=validate.Range(min=0))
     keep_monthly = fields.Integer(allow_none=True, validate=validate.Range(min=0))
@@ -183,7 +194,13 @@ class ScheduleWriteSchema(StrictSchema):
 
     target = fields.String(required=True, validate=_name)
     cron = fields.String(allow_none=True, metadata={"description": "5 fields: minute hour day-of-month month day-of-week"})
-    interval_seconds = fields.Integer(allow_none=True, strict=True)
+    # The minimum is FLEXDB_SCHEDULE_MIN_INTERVAL_SECONDS, checked by the schedule service.
+    interval_seconds = fields.Integer(
+        allow_none=True,
+        strict=True,
+        validate=validate.Range(max=MAX_INTERVAL_SECONDS),
+        metadata={"description": "At least FLEXDB_SCHEDULE_MIN_INTERVAL_SECONDS, at most 366 days"},
+    )
     timezone = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": "IANA name, default UTC"})
     enabled = fields.Boolean()
     options = fields.Dict(keys=fields.String())

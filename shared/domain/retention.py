@@ -24,6 +24,8 @@ from shared.core.errors import ValidationFailed
 from shared.domain.jobs import iso_utc
 
 _RULES = ("keep_last", "max_age_days", "keep_daily", "keep_weekly", "keep_monthly")
+# "Now minus that many days" must stay a date; a hundred years is more than any policy needs.
+MAX_AGE_DAYS = 36_500
 _PERIODS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
     "keep_daily": lambda t: (t.year, t.month, t.day),
     "keep_weekly": lambda t: tuple(t.isocalendar()[:2]),
@@ -60,8 +62,10 @@ class RetentionPolicy:
             if value is None:
                 continue
             low = 1 if key == "min_keep" else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                errors.append({"pointer": f"{pointer}/{key}", "detail": f"must be a whole number >= {low}"})
+            high = MAX_AGE_DAYS if key == "max_age_days" else None
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+                bounds = f">= {low}" + (f" and <= {high}" if high else "")
+                errors.append({"pointer": f"{pointer}/{key}", "detail": f"must be a whole number {bounds}"})
         if errors:
             raise ValidationFailed("The retention policy is invalid: " + "; ".join(e["pointer"] for e in errors), errors)
         return cls(**{key: data[key] for key in data if data[key] is not None})

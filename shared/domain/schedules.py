@@ -13,6 +13,8 @@ from shared.domain.jobs import iso_utc, parse_iso, utcnow
 from shared.domain.retention import RetentionPolicy
 
 CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+# Rarer than yearly is no backup schedule, and the next run must stay a representable time.
+MAX_INTERVAL_SECONDS = 366 * 24 * 3600
 
 
 def new_schedule_id() -> str:

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 from shared.core.errors import (
     AuthenticationFailed,
+    ConfigurationError,
     DumpFailed,
     FlexDBError,
     RestoreFailed,
@@ -125,7 +126,13 @@ class PostgreSQLEngine(BackupEngine):
         return match.group(1) if match else out.stdout.strip()
 
     def _connection_params(self, target: Target, database: str | None = None) -> dict[str, Any]:
-        params = conninfo_to_dict(target.uri)
+        try:
+            params = conninfo_to_dict(target.uri)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(
+                f"Target {target.name!r}: the PostgreSQL URI is not usable ({redact(str(exc))}); "
+                "write it as postgresql://user:password@host:5432/database."
+            ) from None
         if database:
             params["dbname"] = database
         return params

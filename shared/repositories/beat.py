@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from celery import Celery
 from celery.schedules import crontab, schedule as interval
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
-from redbeat.schedulers import get_redis
+from redbeat.schedulers import ensure_conf, get_redis
 
 from shared.core.errors import ValidationFailed
 from shared.domain.ports import ScheduleTrigger
@@ -88,6 +88,9 @@ class RedBeatTrigger(ScheduleTrigger):
     def __init__(self, app: Celery, queue: str) -> None:
         self._app = app
         self._queue = queue
+        # RedBeat sets app.redbeat_conf lazily, on the first entry built; the key helpers below
+        # need it before that in a process that only reads or removes entries.
+        ensure_conf(app)
 
     def validate(self, schedule: Schedule) -> None:
         zone(schedule.timezone)

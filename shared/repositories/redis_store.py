@@ -40,7 +40,7 @@ def redis_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except redis.RedisError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # not a bad command: a lost server
             raise BrokerUnavailable(
                 f"Redis is not answering ({type(exc).__name__}); job records and the queue are unavailable. "
                 "Try again when FLEXDB_REDIS_URL answers."

@@ -21,7 +21,7 @@ from shared.core.settings import NAME_PATTERN, Settings
 from shared.domain.jobs import Job, iso_utc
 from shared.domain.ports import JobRepository, ScheduleRepository, ScheduleTrigger, TargetLock
 from shared.domain.retention import RetentionPolicy
-from shared.domain.schedules import Schedule
+from shared.domain.schedules import MAX_INTERVAL_SECONDS, Schedule
 from shared.engines import engine_class
 from shared.services.jobs import JobService
 from shared.services.targets import TargetService
@@ -78,8 +78,10 @@ class ScheduleService:
         schedule = Schedule(**self._validated(fields), source=source)
         if schedule_id:
             schedule.id = schedule_id
-        self._schedules.save(schedule)
+        # Scheduler first: if it fails, no record claims a schedule that will never fire (a
+        # trigger without a record removes itself when it fires).
         self._trigger.install(schedule)
+        self._schedules.save(schedule)
         log.info("schedule.created", schedule_id=schedule.id, target=schedule.target, source=source)
         return schedule
 
@@ -94,8 +96,8 @@ class ScheduleService:
             merged["cron"] = None
         merged.update(changes)
         updated = current.with_changes(**self._validated(merged))
-        self._schedules.save(updated)
         self._trigger.install(updated)
+        self._schedules.save(updated)
         log.info("schedule.updated", schedule_id=schedule_id, fields=sorted(changes))
         return updated
 
@@ -128,8 +130,8 @@ class ScheduleService:
                 )
             except ScheduleNotFound:
                 pass
-            self._schedules.save(fresh)
             self._trigger.install(fresh)
+            self._schedules.save(fresh)
 
     # ------------------------------------------------------------------ running
 
@@ -211,10 +213,13 @@ class ScheduleService:
                 errors=[{"pointer": "/cron", "detail": "give cron or interval_seconds, not both or neither"}],
             )
         minimum = self._settings.schedule_min_interval_seconds
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < minimum):
+        if every is not None and (
+            isinstance(every, bool) or not isinstance(every, int) or not minimum <= every <= MAX_INTERVAL_SECONDS
+        ):
             raise ValidationFailed(
-                f"interval_seconds must be a whole number of at least {minimum} (FLEXDB_SCHEDULE_MIN_INTERVAL_SECONDS).",
-                errors=[{"pointer": "/interval_seconds", "detail": f"must be >= {minimum}"}],
+                f"interval_seconds must be a whole number from {minimum} (FLEXDB_SCHEDULE_MIN_INTERVAL_SECONDS) "
+                f"to {MAX_INTERVAL_SECONDS} (366 days).",
+                errors=[{"pointer": "/interval_seconds", "detail": f"must be between {minimum} and {MAX_INTERVAL_SECONDS}"}],
             )
         retention = fields.get("retention")
         options = engine_class(target.engine).validate_options("backup", fields.get("options") or {})

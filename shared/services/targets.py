@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from shared.core.errors import TargetNotFound, ValidationFailed
+from shared.core.errors import ConfigurationError, TargetNotFound, ValidationFailed
 from shared.core.redaction import register_secret
 from shared.core.settings import Settings, Target
 from shared.domain.engine import ServerInfo
@@ -54,4 +54,9 @@ class TargetService:
             )
         # The password may appear in driver messages: mask it from here on.
         register_secret(urlsplit(uri).password)
-        return engine_for(engine, self._settings).probe(Target("adhoc", engine, uri))
+        try:
+            return engine_for(engine, self._settings).probe(Target("adhoc", engine, uri))
+        except ConfigurationError as exc:
+            # An unusable URI is a configuration error for a configured target; here it is
+            # the caller's own input.
+            raise ValidationFailed(exc.message, errors=[{"pointer": "/uri", "detail": exc.message}]) from None
