@@ -33,7 +33,7 @@ from shared.core.errors import (
 )
 from shared.core.logs import get_logger
 from shared.core.redaction import redact
-from shared.core.settings import Settings, Target
+from shared.core.settings import Target
 from shared.domain.backups import BackupManifest
 from shared.domain.engine import BackupEngine, DumpResult, RestoreRequest, ServerInfo
 from shared.domain.progress import ProgressTracker
@@ -269,9 +269,6 @@ class _CountingReader:
 class MongoDBEngine(BackupEngine):
     name = "mongodb"
     archive_format = "mongodump-archive"
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
 
     # The codec is a setting, so the archive's name and the manifest's compression follow it.
     @property
