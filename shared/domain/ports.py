@@ -61,6 +61,10 @@ class Storage(ABC):
         """Manifest first, then the archive, so a half-deleted backup never shows."""
 
     @abstractmethod
+    def remove_incomplete(self, older_than_seconds: float) -> list[str]:
+        """Remove what dead attempts left (no manifest, untouched for that long); their ids."""
+
+    @abstractmethod
     def describe(self) -> str:
         """Where backups go, for health output (no secrets)."""
 

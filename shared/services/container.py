@@ -67,7 +67,8 @@ def build_services(settings: Settings, celery: Celery | None = None) -> Services
         callback_delay_seconds=settings.callback_delay_seconds,
     )
     schedule_repo = RedisScheduleRepository(client)
-    retention = RetentionService(storage, jobs_repo, schedule_repo, targets)
+    # An incomplete folder untouched for longer than a task may run belongs to a dead attempt.
+    retention = RetentionService(storage, jobs_repo, schedule_repo, targets, settings.lock_ttl_seconds)
     retention.check_settings()
     return Services(
         settings=settings,

@@ -18,8 +18,14 @@ log = get_logger(__name__)
 
 class RetentionService:
     def __init__(
-        self, storage: Storage, jobs: JobRepository, schedules: ScheduleRepository, targets: TargetService
+        self,
+        storage: Storage,
+        jobs: JobRepository,
+        schedules: ScheduleRepository,
+        targets: TargetService,
+        incomplete_after_seconds: float,
     ) -> None:
+        self._incomplete_after = incomplete_after_seconds
         self._storage = storage
         self._jobs = jobs
         self._schedules = schedules
@@ -71,7 +77,13 @@ class RetentionService:
         return job
 
     def apply_all(self, trigger: str) -> list[Job]:
-        return [job for target in self._targets.all() if (job := self.apply(target.name, trigger))]
+        """Every target's policy, then the leftovers of attempts whose worker died mid-dump
+        (a folder without manifest, written by no one for longer than any task may run)."""
+        jobs = [job for target in self._targets.all() if (job := self.apply(target.name, trigger))]
+        removed = self._storage.remove_incomplete(self._incomplete_after)
+        if removed:
+            log.info("retention.incomplete_removed", backup_ids=removed)
+        return jobs
 
     @staticmethod
     def _ref(manifest: BackupManifest) -> BackupRef:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -115,6 +116,20 @@ class LocalStorage(Storage):
         directory = self._dir(backup_id)
         (directory / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(directory, ignore_errors=True)
+
+    def remove_incomplete(self, older_than_seconds: float) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - older_than_seconds
+        removed = []
+        for entry in os.scandir(self.root):
+            if not entry.is_dir() or (Path(entry.path) / MANIFEST).exists():
+                continue
+            newest = max([entry.stat().st_mtime, *(f.stat().st_mtime for f in os.scandir(entry.path))])
+            if newest < cutoff:  # nothing written for that long: no attempt is still running
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+        return sorted(removed)
 
     def describe(self) -> str:
         return str(self.root)

@@ -4,6 +4,8 @@ a backup is listed only when complete, and a damaged archive is refused before r
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from typing import Any, BinaryIO
 
 import pytest
@@ -91,3 +93,18 @@ def test_restore_refuses_an_archive_that_no_longer_matches_its_manifest(tmp_path
 def test_ids_cannot_escape_the_storage_folder(tmp_path, backup_id: str) -> None:
     with pytest.raises(BackupNotFound):
         LocalStorage(tmp_path / "root").read_manifest(backup_id)
+
+
+def test_leftovers_of_dead_attempts_are_swept_but_running_ones_and_backups_kept(tmp_path) -> None:
+    storage = LocalStorage(tmp_path)
+    ChunkEngine([b"kept"]).backup(TARGET, storage, "complete", "job", tracker())
+    for name in ("dead", "running"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "archive.bin.part").write_bytes(b"x")
+    old = time.time() - 7200
+    for path in (tmp_path / "dead", tmp_path / "dead" / "archive.bin.part", tmp_path / "complete"):
+        os.utime(path, (old, old))
+
+    assert storage.remove_incomplete(older_than_seconds=3600) == ["dead"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["complete", "running"]
+    assert [m.id for m in storage.iter_manifests()] == ["complete"]
