@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
 from shared.core.settings import NAME_PATTERN
-from shared.domain.backups import ID_PATTERN
+from shared.domain.backups import DATABASE_NAME_PATTERN, DATABASE_NAME_RULE, ID_PATTERN
 from shared.domain.jobs import JobKind, JobStatus
 from shared.domain.retention import MAX_AGE_DAYS
 from shared.domain.schedules import MAX_INTERVAL_SECONDS
@@ -18,9 +18,7 @@ _id = validate.Regexp(ID_PATTERN, error="must be 1-64 letters, digits, '_' or '-
 _job_cursor = validate.Regexp(
     r"^[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?:[A-Za-z0-9_-]{1,64}$", error="not a cursor this API handed out (links.next)"
 )
-_database = validate.Regexp(
-    r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$", error="must be 1-63 letters, digits, '_', '$' or '-', starting with a letter or '_'"
-)
+_database = validate.Regexp(DATABASE_NAME_PATTERN, error=f"must be {DATABASE_NAME_RULE}")
 
 
 class StrictSchema(Schema):

@@ -11,6 +11,9 @@ from typing import Any
 from shared.core.errors import BackupNotFound
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A database to restore into: a name every engine accepts and no shell or SQL reads as syntax.
+DATABASE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+DATABASE_NAME_RULE = "1-63 letters, digits, '_', '$' or '-', starting with a letter or '_'"
 MANIFEST_VERSION = 1
 
 

@@ -30,7 +30,7 @@ from shared.core.errors import (
 from shared.core.logs import get_logger
 from shared.core.redaction import redact
 from shared.core.settings import Target
-from shared.domain.backups import BackupManifest
+from shared.domain.backups import DATABASE_NAME_PATTERN, DATABASE_NAME_RULE, BackupManifest
 from shared.domain.engine import BackupEngine, DumpResult, RestoreRequest, ServerInfo
 from shared.domain.progress import ProgressTracker
 from shared.domain.streams import HashingWriter, iter_chunks
@@ -45,7 +45,6 @@ except ImportError:  # the engine reports itself unavailable instead
 
 log = get_logger(__name__)
 
-DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
 # libpq connection parameters and the environment variables the tools read them from.
 _CONNINFO_ENV = {
     "host": "PGHOST",
@@ -241,9 +240,9 @@ class PostgreSQLEngine(BackupEngine):
     def prepare_restore(self, target: Target, manifest: BackupManifest, request: RestoreRequest) -> None:
         own = self._database_of(self._connection_params(target))
         database = request.database or own
-        if not DATABASE_NAME.match(database):
+        if not DATABASE_NAME_PATTERN.match(database):
             raise ValidationFailed(
-                f"Database name {database!r} is not allowed: use letters, digits, '_', '$' or '-', starting with a letter or '_'."
+                f"Database name {database!r} is not allowed: use {DATABASE_NAME_RULE}."
             )
         if database != own:
             with self._connect(target, autocommit=True) as conn:
