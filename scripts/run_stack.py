@@ -1,12 +1,15 @@
 """Run the whole service locally: ``python -m scripts.run_stack`` (what ``make run`` execs).
 
 A small supervisor. It checks that Redis answers (and starts a private ``redis-server`` for
-the run when the URL points at this machine and none answers), then starts the API, the
-Celery worker and Celery beat with the same commands as the Docker images (:data:`COMMANDS`),
-each in its own process group. SIGINT, SIGTERM or SIGHUP stops every child (with SIGTERM, their
-graceful stop); when any child exits, the others are stopped and the supervisor exits with that
-child's status (never 0). After a stop no process of the stack is left: whatever outlives the
-grace period is killed with its whole process group.
+the run when the URL points at this machine and none answers, with an append-only file so
+queued jobs survive its restart), then starts the API, the Celery worker and Celery beat with
+the same commands as the Docker images (:data:`COMMANDS`), each in its own process group.
+A child that exits is started again after a backoff (1 s, doubling up to
+``FLEXDB_RESTART_BACKOFF_MAX_SECONDS``; back to 1 s once it has run for a minute): a Redis blip
+that stops beat, or a crashed worker, is not an outage. Only SIGINT, SIGTERM or SIGHUP stops
+the stack: every child gets SIGTERM (their graceful stop; the worker hands running jobs back
+to the queue). After a stop no process of the stack is left: whatever outlives the grace
+period is killed with its whole process group.
 
 Options: ``--no-beat`` (API and worker only), ``--flower`` (also Flower, if installed).
 
@@ -56,6 +59,10 @@ LOCAL_HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "::1": "::1"}
 WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 REDIS_DIR = Path("var") / "redis"
 POLL_SECONDS = 0.2
+# A restarted child waits this long first, doubling per quick exit; a child that ran this long
+# was healthy, so its next exit starts the backoff afresh.
+FIRST_RESTART_DELAY_SECONDS = 1.0
+HEALTHY_RUN_SECONDS = 60.0
 REDIS_START_SECONDS = 10.0
 
 log = get_logger("stack")
@@ -102,13 +109,18 @@ class Child:
         self.name = name
         self.argv = argv
         self._process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.restart_at: float | None = None  # when an exited child is due to start again
+        self.quick_exits = 0
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
     def start(self, env: Mapping[str, str], stdin: bytes | None = None, output: Path | None = None) -> None:
-        out = open(output, "wb") if output else None  # noqa: SIM115 - handed to the child
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        out = open(output, "ab") if output else None  # noqa: SIM115 - handed to the child
         try:
             self._process = subprocess.Popen(
                 self.argv,
@@ -153,13 +165,6 @@ class Child:
         except (ProcessLookupError, PermissionError):
             pass
         self._process.wait()
-
-
-def exit_status(returncode: int) -> int:
-    """A shell-style exit status for a child that stopped on its own: never 0."""
-    if returncode < 0:
-        return 128 + -returncode
-    return returncode or 1
 
 
 # -------------------------------------------------------------------------------------- redis
@@ -212,8 +217,10 @@ class RedisGuard:
             "--port", str(self.parts.port or 6379),
             "--bind", LOCAL_HOSTS[host],
             "--save", "",
-            "--appendonly", "no",
-            "--dir", str(REDIS_DIR.resolve()),
+            # Queued jobs and job records survive a restart of this Redis (at most 1 s lost).
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--dir", str(self.data_dir.resolve()),
         ]  # fmt: skip
         return Child("redis", argv)
 
@@ -229,8 +236,13 @@ class RedisGuard:
         return ("\n".join(lines) + "\n").encode()
 
     @property
+    def data_dir(self) -> Path:
+        """One folder per port: two private servers must never share an append-only file."""
+        return REDIS_DIR / str(self.parts.port or 6379)
+
+    @property
     def log_file(self) -> Path:
-        return REDIS_DIR / f"redis-{self.parts.port or 6379}.log"
+        return self.data_dir / "redis.log"
 
 
 def _redis_quote(value: str) -> str:
@@ -320,7 +332,7 @@ class Supervisor:
             log.info("stack.redis_ok", redis=self.redis.masked)
             return
         child = self.redis.private_server()
-        REDIS_DIR.mkdir(parents=True, exist_ok=True)
+        self.redis.data_dir.mkdir(parents=True, exist_ok=True)
         child.start(self.env, stdin=self.redis.config_text(), output=self.redis.log_file)
         self.private_redis = child
         log.info("stack.redis_starting", redis=self.redis.masked, pid=child.pid, log_file=str(self.redis.log_file))
@@ -348,20 +360,36 @@ class Supervisor:
     # ---------------------------------------------------------------- watch
 
     def _watch(self) -> int:
-        """Wait for a stop signal (returns 0) or for a child to exit (returns its status)."""
+        """Until a stop signal (then returns 0): start again every child that exits."""
         announced = False
         while self.stop_signal is None:
             for child in self._all_children():
-                code = child.poll()
-                if code is not None:
-                    log.error("stack.child_exited", child=child.name, pid=child.pid, exit_code=code)
-                    return exit_status(code)
+                self._look_after(child)
             if not announced and self._api_listening():
                 log.info("stack.ready", url=self._health_url())
                 announced = True
             time.sleep(POLL_SECONDS)
         log.info("stack.stopping", signal=signal.Signals(self.stop_signal).name)
         return 0
+
+    def _look_after(self, child: Child) -> None:
+        now = time.monotonic()
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                stdin = self.redis.config_text() if child is self.private_redis else None
+                output = self.redis.log_file if child is self.private_redis else None
+                child.start(self.env, stdin=stdin, output=output)
+                log.info("stack.child_restarted", child=child.name, pid=child.pid)
+            return
+        code = child.poll()
+        if code is None:
+            return
+        if now - child.started_at >= HEALTHY_RUN_SECONDS:
+            child.quick_exits = 0
+        delay = min(FIRST_RESTART_DELAY_SECONDS * 2**child.quick_exits, self.settings.restart_backoff_max_seconds)
+        child.quick_exits += 1
+        child.restart_at = now + delay
+        log.error("stack.child_exited", child=child.name, pid=child.pid, exit_code=code, restart_in_s=delay)
 
     def _api_address(self) -> tuple[str, int]:
         """Where to reach the API from this machine (a wildcard bind answers on loopback)."""

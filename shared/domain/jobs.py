@@ -111,6 +111,10 @@ class Job:
     callback: Callback | None = None
     # Set from its own flag in the store: a cancel request must not race progress writes.
     cancel_requested: bool = False
+    # How many times a worker started this job (a backup whose worker died is retried).
+    attempts: int = 0
+    # The backup the current attempt is writing: what to remove if that attempt dies.
+    work_backup_id: str | None = None
 
     # --------------------------------------------------------------- transitions
 
@@ -118,20 +122,29 @@ class Job:
         self.status = JobStatus.RUNNING
         self.started_at = now or utcnow()
         self.error = None
+        self.attempts += 1
+
+    def requeue(self, reason: str) -> None:
+        """Back to the queue (its worker died or shut down); ``reason`` shows as the stage."""
+        self.status = JobStatus.QUEUED
+        self.work_backup_id = None
+        self.progress = Progress(stage=reason)
 
     def succeed(self, result: dict[str, Any] | None = None, now: datetime | None = None) -> None:
-        self.status = JobStatus.SUCCEEDED
-        self.finished_at = now or utcnow()
+        self._end(JobStatus.SUCCEEDED, now)
         self.result = dict(result or {})
 
     def fail(self, code: str, message: str, now: datetime | None = None) -> None:
-        self.status = JobStatus.FAILED
-        self.finished_at = now or utcnow()
+        self._end(JobStatus.FAILED, now)
         self.error = JobError(code, message)
 
     def cancel(self, now: datetime | None = None) -> None:
-        self.status = JobStatus.CANCELLED
+        self._end(JobStatus.CANCELLED, now)
+
+    def _end(self, status: JobStatus, now: datetime | None) -> None:
+        self.status = status
         self.finished_at = now or utcnow()
+        self.work_backup_id = None
 
     @property
     def duration_seconds(self) -> float | None:
@@ -159,6 +172,8 @@ class Job:
             "error": asdict(self.error) if self.error else None,
             "callback": self.callback.to_dict() if self.callback else None,
             "cancel_requested": self.cancel_requested,
+            "attempts": self.attempts,
+            "work_backup_id": self.work_backup_id,
         }
 
     @classmethod
@@ -179,6 +194,8 @@ class Job:
             error=JobError(**data["error"]) if data.get("error") else None,
             callback=Callback(**data["callback"]) if data.get("callback") else None,
             cancel_requested=bool(data.get("cancel_requested")),
+            attempts=int(data.get("attempts") or 0),
+            work_backup_id=data.get("work_backup_id"),
         )
 
 

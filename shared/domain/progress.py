@@ -1,10 +1,11 @@
 """Progress tracking handed to engines: cheap to call per chunk, reported at most every N s.
 
-The tracker is also how a running job learns it was cancelled. A watcher thread asks
-``should_stop`` every interval; when it answers yes, the tracker runs the stop hooks engines
-registered (e.g. killing ``pg_dump``, which may sit blocked on a table lock and produce
-nothing) and the next report raises :class:`JobCancelled`, so the workflow's clean-up runs
-(the partial archive is removed, a restore transaction rolls back)."""
+The tracker is also how a running job learns it must stop: cancelled by a user, handed back at
+worker shutdown, or its target lease lost. A watcher thread asks ``should_stop`` every interval;
+when it answers with a reason, the tracker runs the stop hooks engines registered (e.g. killing
+``pg_dump``, which may sit blocked on a table lock and produce nothing) and the next report
+raises that reason, so the workflow's clean-up runs (the partial archive is removed, a restore
+transaction rolls back)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class ProgressTracker:
         report: Callable[[Progress], None],
         interval_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: Callable[[], Exception | None] | None = None,
     ) -> None:
         self.progress = Progress()
         self._report = report
@@ -34,6 +35,7 @@ class ProgressTracker:
         self._stop_hooks: list[Callable[[], None]] = []
         self._hooks_lock = threading.Lock()
         self.cancelled = threading.Event()
+        self._stop_reason: Exception = JobCancelled("The job was cancelled on request.")
 
     # ------------------------------------------------------------------ progress
 
@@ -66,8 +68,9 @@ class ProgressTracker:
     # ------------------------------------------------------------------ cancellation
 
     def raise_if_cancelled(self) -> None:
+        """Raise the reason the job was stopped for, if it was."""
         if self.cancelled.is_set():
-            raise JobCancelled("The job was cancelled on request.")
+            raise self._stop_reason
 
     @contextmanager
     def stop_hook(self, hook: Callable[[], None]) -> Iterator[None]:
@@ -83,8 +86,12 @@ class ProgressTracker:
             with self._hooks_lock:
                 self._stop_hooks.remove(hook)
 
-    def _cancel(self) -> None:
+    def stop(self, reason: Exception) -> None:
+        """Stop the job (from any thread): run the stop hooks; the next report raises ``reason``."""
         with self._hooks_lock:
+            if self.cancelled.is_set():
+                return
+            self._stop_reason = reason
             self.cancelled.set()
             hooks = list(self._stop_hooks)
         for hook in hooks:
@@ -101,16 +108,29 @@ class ProgressTracker:
         def watch() -> None:
             while not done.wait(self._interval):
                 try:
-                    if self._should_stop():
-                        self._cancel()
-                        return
+                    reason = self._should_stop()
                 except Exception:  # the store blipped: ask again next time
                     continue
+                if reason is not None:
+                    self.stop(reason)
+                    return
 
-        watcher = threading.Thread(target=watch, name="cancel-watcher", daemon=True)
+        watcher = threading.Thread(target=watch, name="stop-watcher", daemon=True)
         watcher.start()
         try:
             yield
         finally:
             done.set()
             watcher.join()
+
+
+class JobInterrupted(Exception):
+    """The job stopped for a reason of the service's own, not the user's: it is not finished."""
+
+
+class HandedBack(JobInterrupted):
+    """The worker is shutting down: the job goes back to the queue for the next worker."""
+
+
+class LeaseLost(JobInterrupted):
+    """Another attempt now owns the target: this one must stop and record nothing."""

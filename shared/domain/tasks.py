@@ -6,4 +6,11 @@ RESTORE_TASK = "flexdb.restore"
 SCHEDULED_BACKUP_TASK = "flexdb.scheduled_backup"
 RETENTION_TASK = "flexdb.retention"
 CALLBACK_TASK = "flexdb.callback"
+# Takes a backup id (no secret either): copy that backup to the mirror store.
+MIRROR_TASK = "flexdb.mirror"
 QUEUE = "flexdb"
+
+
+def task_for(kind: str) -> str:
+    """The task that runs a job of ``kind`` (a JobKind value): backups and restores have their own."""
+    return {"backup": BACKUP_TASK, "restore": RESTORE_TASK}[kind]

@@ -13,18 +13,22 @@ from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 from celery.schedules import crontab, schedule as interval
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
 from redbeat.schedulers import ensure_conf, get_redis
 
 from shared.core.errors import ValidationFailed
+from shared.core.logs import get_logger
 from shared.domain.ports import ScheduleTrigger
 from shared.domain.schedules import Schedule, split_cron, zone
 from shared.domain.tasks import SCHEDULED_BACKUP_TASK
 from shared.repositories.redis_store import redis_errors
 
 TZ_OPTION = "flexdb_timezone"
+log = get_logger(__name__)
 
 
 class ZonedCrontab(crontab):
@@ -65,6 +69,22 @@ class FlexDBScheduler(RedBeatScheduler):
     """``celery beat -S shared.repositories.beat:FlexDBScheduler``."""
 
     Entry = ZonedEntry
+
+    def tick(self, min=min, **kwargs):  # noqa: A002 - Celery's own signature
+        """Ride out a Redis outage: skip the tick and try again later, instead of exiting (which
+        would stop scheduled backups until someone restarts beat)."""
+        try:
+            return super().tick(min=min, **kwargs)
+        except redis.exceptions.LockError:
+            # The lock lapsed while Redis was away: take it again, unless another beat has.
+            if self.lock is None or not self.lock.acquire(blocking=False):
+                log.info("beat.standby", reason="another beat holds the schedule lock")
+                return self.max_interval
+            log.info("beat.lock_retaken")
+            return self.max_interval
+        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+            log.warning("beat.redis_unavailable", error=type(exc).__name__, retry_in_s=self.max_interval)
+            return self.max_interval
 
     def apply_async(self, entry, producer=None, advance=True, **kwargs):
         # The zone is for the schedule, not a message option for the broker.

@@ -1,7 +1,7 @@
-"""Redis-backed job records, target locks and worker heartbeats.
+"""Redis-backed job records, target leases and worker heartbeats.
 
 Keys: ``flexdb:job:<id>`` (JSON, with TTL), ``flexdb:jobs`` (sorted set by creation time, for
-newest-first listing), ``flexdb:lock:<target>``, ``flexdb:worker:<name>`` (TTL heartbeat),
+newest-first listing), the lease keys of :class:`RedisTargetLease`, ``flexdb:worker:<name>`` (TTL heartbeat),
 ``flexdb:schedules`` (hash: schedule id -> JSON).
 A job's state change is also published on ``flexdb:job-events:<id>`` so waiters wake at once.
 """
@@ -12,15 +12,21 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
 
 import redis
 
-from shared.core.errors import BrokerUnavailable, JobNotFound, ScheduleNotFound, TargetBusy
-from shared.domain.jobs import Job, JobFilter, Page, Progress
-from shared.domain.ports import IdempotencyStore, JobRepository, ScheduleRepository, TargetLock, WorkerRegistry
+from shared.core.errors import BrokerUnavailable, JobNotFound, ScheduleNotFound
+from shared.domain.jobs import Job, JobFilter, JobStatus, Page, Progress
+from shared.domain.ports import (
+    IdempotencyStore,
+    JobRepository,
+    LeaseOwner,
+    ScheduleRepository,
+    TargetLease,
+    WorkerRegistry,
+)
 from shared.domain.schedules import Schedule
 
 PREFIX = "flexdb"
@@ -101,11 +107,18 @@ class RedisJobRepository(JobRepository):
     @redis_errors
     def save(self, job: Job) -> None:
         pipe = self._redis.pipeline()
+        self._queue_save(pipe, job)
+        pipe.execute()
+
+    def _queue_save(self, pipe: Any, job: Job) -> None:
         pipe.set(self._key(job.id), json.dumps(job.to_dict()), ex=self._ttl)
         if job.status.is_terminal:
             pipe.delete(self._key(job.id, "job-progress"))
+        else:  # a state change starts its progress afresh (a job put back in the queue, say)
+            pipe.set(self._key(job.id, "job-progress"), json.dumps(job.progress.to_dict()), ex=self._ttl)
+        if job.status is not JobStatus.RUNNING:  # a hand-back request ends with the attempt it was for
+            pipe.delete(self._key(job.id, "job-handback"))
         pipe.publish(self.events_channel(job.id), job.status.value)
-        pipe.execute()
 
     @redis_errors
     def save_progress(self, job_id: str, progress: Progress) -> None:
@@ -123,13 +136,43 @@ class RedisJobRepository(JobRepository):
         return bool(self._redis.exists(self._key(job_id, "job-cancel")))
 
     @redis_errors
-    def save_callback_headers(self, job_id: str, headers: dict[str, str]) -> None:
-        self._redis.set(self._key(job_id, "job-callback-headers"), json.dumps(headers), ex=self._ttl)
+    def request_handback(self, job_id: str) -> None:
+        self._redis.set(self._key(job_id, "job-handback"), "1", ex=self._ttl)
 
     @redis_errors
-    def callback_headers(self, job_id: str) -> dict[str, str]:
-        raw = self._redis.get(self._key(job_id, "job-callback-headers"))
-        return json.loads(raw) if raw else {}
+    def handback_requested(self, job_id: str) -> bool:
+        return bool(self._redis.exists(self._key(job_id, "job-handback")))
+
+    @redis_errors
+    def save_if(self, job: Job, expected: JobStatus) -> bool:
+        key = self._key(job.id)
+        with self._redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                if raw is None or json.loads(raw)["status"] != expected.value:
+                    return False
+                pipe.multi()
+                self._queue_save(pipe, job)
+                pipe.execute()
+                return True
+            except redis.WatchError:  # changed in between: the other writer wins
+                return False
+
+    @redis_errors
+    def save_callback_secrets(self, job_id: str, url: str, headers: dict[str, str]) -> None:
+        record = json.dumps({"url": url, "headers": headers})
+        self._redis.set(self._key(job_id, "job-callback-secrets"), record, ex=self._ttl)
+
+    @redis_errors
+    def callback_secrets(self, job_id: str) -> tuple[str | None, dict[str, str]]:
+        raw = self._redis.get(self._key(job_id, "job-callback-secrets"))
+        if raw:
+            record = json.loads(raw)
+            return record["url"], record["headers"]
+        # A job submitted before the URL was kept here: headers only, its record has the URL.
+        legacy = self._redis.get(self._key(job_id, "job-callback-headers"))
+        return None, json.loads(legacy) if legacy else {}
 
     @redis_errors
     def wait_for_change(self, job_id: str, seen: str, timeout_seconds: float) -> Job:
@@ -224,39 +267,126 @@ class RedisIdempotencyStore(IdempotencyStore):
         self._redis.delete(self._key(key))
 
 
-class RedisTargetLock(TargetLock):
-    def __init__(self, client: redis.Redis, ttl_seconds: int, wait_seconds: int) -> None:
+# Lease scripts run inside Redis, so taking, renewing and giving up a target are atomic.
+# KEYS: lease, line (sorted set: job id -> submit time), leased (hash: job id -> target).
+_ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[5] then
+  local holder = string.match(current, '^[^ ]+')
+  if holder ~= ARGV[2] then
+    redis.call('ZADD', KEYS[2], 'NX', ARGV[4], ARGV[2])
+  end
+  return holder
+end
+local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if head[1] and head[1] ~= ARGV[2] and tonumber(head[2]) <= tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[2], 'NX', ARGV[4], ARGV[2])
+  return head[1]
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[6])
+return false
+"""
+_RENEW = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if not current and redis.call('HGET', KEYS[3], ARGV[2]) == ARGV[4] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+# KEYS: lease, line, leased, woken, unleased. ARGV: job id, owner (or '' for any attempt of the job).
+_FORGET = """
+local current = redis.call('GET', KEYS[1])
+if current and (current == ARGV[2] or (ARGV[2] == '' and string.match(current, '^[^ ]+') == ARGV[1])) then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+return head[1] or false
+"""
+
+
+class RedisTargetLease(TargetLease):
+    """Keys: ``flexdb:lease:<target>`` (the owner, with a TTL), ``flexdb:line:<target>`` (the
+    waiting jobs by submit time), ``flexdb:leased`` (job -> target of every job holding or
+    having held a lease until it gives it up), ``flexdb:line-woken`` and ``flexdb:unleased``
+    (the reaper's notes)."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: float) -> None:
         self._redis = client
-        self._ttl = ttl_seconds
-        self._wait = wait_seconds
+        self._ttl_ms = int(ttl_seconds * 1000)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._forget = client.register_script(_FORGET)
 
-    @contextmanager
-    def hold(self, target: str, job_id: str) -> Iterator[None]:
-        lock = self._redis.lock(
-            f"{PREFIX}:lock:{target}", timeout=self._ttl, blocking=self._wait > 0, blocking_timeout=self._wait or None
-        )
-        try:
-            acquired = lock.acquire(token=job_id)
-        except redis.RedisError:
-            raise BrokerUnavailable("Redis is not answering; cannot take the target lock.") from None
-        if not acquired:
-            holder = self.holder(target)
-            raise TargetBusy(
-                f"Target {target!r} is busy with job {holder}; one backup or restore runs per target at a time. "
-                "Submit again when that job has finished."
-            )
-        try:
-            yield
-        finally:
-            try:
-                lock.release()
-            except redis.exceptions.LockError:
-                pass  # expired already: nothing to release
-
+    @staticmethod
+    def _keys(target: str) -> list[str]:
+        return [f"{PREFIX}:lease:{target}", f"{PREFIX}:line:{target}", f"{PREFIX}:leased"]
 
     @redis_errors
-    def holder(self, target: str) -> str | None:
-        return self._redis.get(f"{PREFIX}:lock:{target}")
+    def acquire(self, target: str, owner: LeaseOwner, queued_at: float, replacing: LeaseOwner | None = None) -> str | None:
+        args = [owner.encode(), owner.job_id, self._ttl_ms, repr(queued_at), replacing.encode() if replacing else "", target]
+        ahead = self._acquire(keys=self._keys(target), args=args)
+        return ahead or None
+
+    @redis_errors
+    def renew(self, target: str, owner: LeaseOwner) -> bool:
+        return bool(self._renew(keys=self._keys(target), args=[owner.encode(), owner.job_id, self._ttl_ms, target]))
+
+    @redis_errors
+    def release(self, target: str, owner: LeaseOwner) -> str | None:
+        return self._forget_keys(target, owner.job_id, owner.encode())
+
+    @redis_errors
+    def forget(self, target: str, job_id: str) -> None:
+        self._forget_keys(target, job_id, "")
+
+    def _forget_keys(self, target: str, job_id: str, owner: str) -> str | None:
+        keys = [*self._keys(target), f"{PREFIX}:line-woken", f"{PREFIX}:unleased"]
+        return self._forget(keys=keys, args=[job_id, owner]) or None
+
+    @redis_errors
+    def owner(self, target: str) -> LeaseOwner | None:
+        return LeaseOwner.decode(self._redis.get(self._keys(target)[0]))
+
+    @redis_errors
+    def leased_jobs(self) -> dict[str, str]:
+        return self._redis.hgetall(f"{PREFIX}:leased")
+
+    @redis_errors
+    def line(self, target: str) -> list[tuple[str, float]]:
+        job_ids = self._redis.zrange(self._keys(target)[1], 0, -1)
+        woken = self._redis.hmget(f"{PREFIX}:line-woken", job_ids) if job_ids else []
+        return [(job_id, float(at or 0)) for job_id, at in zip(job_ids, woken)]
+
+    @redis_errors
+    def mark_woken(self, job_id: str) -> None:
+        self._redis.hset(f"{PREFIX}:line-woken", job_id, repr(time.time()))
+
+    @redis_errors
+    def unleased_notes(self) -> dict[str, float]:
+        return {job_id: float(at) for job_id, at in self._redis.hgetall(f"{PREFIX}:unleased").items()}
+
+    @redis_errors
+    def note_unleased(self, job_id: str, now: float) -> None:
+        self._redis.hsetnx(f"{PREFIX}:unleased", job_id, repr(now))
+
+    @redis_errors
+    def clear_unleased(self, job_id: str) -> None:
+        self._redis.hdel(f"{PREFIX}:unleased", job_id)
+
+    @redis_errors
+    def claim_sweep(self, seconds: float) -> bool:
+        return bool(self._redis.set(f"{PREFIX}:reaper", "1", nx=True, px=max(1, int(seconds * 1000))))
 
 
 class RedisScheduleRepository(ScheduleRepository):

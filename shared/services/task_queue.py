@@ -25,6 +25,8 @@ BEAT_KEY_PREFIX = "flexdb:beat:"
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.redis_url,
+        # Redis, with a repair that keeps workers alive through a Redis outage.
+        "broker_transport": "shared.repositories.broker:Transport",
         # Job state lives in our own records; Celery results are not needed.
         "result_backend": None,
         "task_ignore_result": True,
@@ -32,6 +34,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_default_queue": QUEUE,
         "task_acks_late": True,
+        # A lost broker connection must not kill running jobs: they finish, and record their
+        # outcome once Redis is back (their lease and the reaper cover a worker that dies).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": settings.task_soft_time_limit,

@@ -16,6 +16,7 @@ def job_path(job_id: str) -> str:
 def job_view(job: Job, base_url: str) -> dict[str, Any]:
     """The job with ``done``, its duration and absolute links (``base_url`` has no trailing /)."""
     data = job.to_dict()
+    del data["work_backup_id"]  # the worker's own bookkeeping
     data["done"] = job.status.is_terminal
     data["duration_seconds"] = job.duration_seconds
     links = {"self": base_url + job_path(job.id)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -119,8 +120,7 @@ def _task_of(flower: Flower, name: str, job_id: str, state: str | None = None) -
 
 def test_flower_shows_job_ids_and_never_a_secret(stack: Stack, flower: Flower) -> None:
     with Receiver() as receiver:
-        # One after the other: a second backup of a target that is being backed up fails
-        # with target_busy.
+        # One after the other, so each has its own task and callback to look for.
         jobs = []
         for body in (
             {"target": "pg"},
@@ -185,3 +185,29 @@ def test_flower_shows_job_ids_and_never_a_secret(stack: Stack, flower: Flower) -
     assert len(task_pages) == 3 and all(
         any(job_id in text for job_id in (plain_id, callback_id)) for text in task_pages
     )
+
+
+def test_flower_tells_failed_and_cancelled_jobs_from_succeeded_ones(stack: Stack, flower: Flower) -> None:
+    """A failed job's task ends FAILURE with the job's error code (never a secret), a cancelled
+    one FAILURE too, a good one SUCCESS; none is delivered again."""
+    failed = stack.api.post("/backups", {"target": "pg-down"})
+    failed_job = stack.api.wait_job(failed.headers["Location"], timeout=30)
+    assert failed_job["status"] == "failed"
+    task = wait_for(lambda: _task_of(flower, "flexdb.backup", failed_job["id"], "FAILURE"), 15, what="FAILURE in Flower")
+    info = flower.json(f"/api/task/info/{task['uuid']}")
+    assert failed_job["error"]["code"] in info["exception"] and CANARY_PASSWORD not in info["exception"]
+
+    good = stack.api.post("/backups", {"target": "pg"})
+    good_job = stack.api.wait_job(good.headers["Location"], timeout=30)
+    assert wait_for(lambda: _task_of(flower, "flexdb.backup", good_job["id"], "SUCCESS"), 15, what="SUCCESS in Flower")
+
+    cancelled = stack.api.post("/backups", {"target": "pg"})
+    stack.api.post(f"/jobs/{cancelled.body['id']}/cancel")
+    cancelled_job = stack.api.wait_job(cancelled.headers["Location"], timeout=30)
+    assert cancelled_job["status"] == "cancelled", cancelled_job
+    task = wait_for(lambda: _task_of(flower, "flexdb.backup", cancelled_job["id"], "FAILURE"), 60, what="cancelled in Flower")
+    assert "cancelled" in flower.json(f"/api/task/info/{task['uuid']}")["exception"]
+
+    time.sleep(2)  # a redelivery of the failed task would show as a second task by now
+    failed_tasks = [t for t in flower.json("/api/tasks?taskname=flexdb.backup").values() if t.get("args") == repr([failed_job["id"]])]
+    assert len(failed_tasks) == 1, failed_tasks

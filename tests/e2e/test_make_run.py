@@ -233,3 +233,35 @@ def test_make_run_starts_a_private_redis_when_none_answers(tmp_path: Path) -> No
         assert stack.wait_no_leftovers() == {}, stack.output()
         assert not _redis_answers(redis_url), "the private redis-server outlived make run"
         assert '"stack.redis_started"' in stack.output()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_make_run_restarts_what_dies_and_rides_out_its_redis_restarting(tmp_path: Path) -> None:
+    """A worker killed and a private Redis killed: the supervisor starts each again (the
+    append-only file keeps Redis's data), the stack is healthy again, and Ctrl-C still stops all."""
+    redis_port = _free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    redis_title = f"redis-server 127.0.0.1:{redis_port}"
+    with make_run(tmp_path, redis_url, cmdline_marks=(redis_title,)) as stack:
+        _assert_healthy(stack.wait_healthy())
+        redis.Redis.from_url(redis_url).set("flexdb-test:kept", "1")
+        time.sleep(1.5)  # the append-only file is synced every second
+
+        redis_pid = next(pid for pid, cmdline in stack.leftovers().items() if redis_title in cmdline)
+        os.kill(redis_pid, signal.SIGKILL)
+        wait_for(lambda: stack.output().count('"stack.child_restarted"') >= 1, 20, what="Redis started again")
+        assert wait_for(lambda: _redis_answers(redis_url), 10, what="Redis answering")
+        assert redis.Redis.from_url(redis_url).get("flexdb-test:kept") == b"1", "the append-only file kept the data"
+
+        worker_pid = next(pid for pid, cmdline in stack.leftovers().items() if "worker.app worker" in cmdline and "--hostname" in cmdline)
+        os.kill(worker_pid, signal.SIGKILL)
+        wait_for(lambda: stack.output().count('"stack.child_restarted"') >= 2, 20, what="the worker started again")
+        _assert_healthy(stack.wait_healthy())
+        names = " ".join(stack.leftovers().values())
+        assert "gunicorn" in names and "worker.app worker" in names and "worker.app beat" in names, names
+        assert stack.process.poll() is None, "make run is still running"
+
+        stack.interrupt()
+
+        assert stack.wait_no_leftovers() == {}, stack.output()
+        assert '"stack.stopped"' in stack.output()

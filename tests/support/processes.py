@@ -116,11 +116,14 @@ class ManagedProcess:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(grace)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
+                pass
+        try:
+            # Also whatever the process left behind in its group (a worker's pool processes
+            # outlive a main process that was killed): nothing of it may touch the next test.
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(5)
         self._log.close()
 
     def output(self) -> str:

@@ -36,6 +36,14 @@ def test_time_limits_must_stay_below_the_visibility_timeout() -> None:
         Settings.from_env({"FLEXDB_TASK_SOFT_TIME_LIMIT": "100", "FLEXDB_TASK_TIME_LIMIT": "50"})
 
 
+def test_running_jobs_get_their_shutdown_grace_before_a_stop_kills_them() -> None:
+    with pytest.raises(ConfigurationError, match="SHUTDOWN_GRACE_SECONDS .* must be below .*STOP_GRACE_SECONDS"):
+        Settings.from_env({"FLEXDB_SHUTDOWN_GRACE_SECONDS": "30", "FLEXDB_STOP_GRACE_SECONDS": "30"})
+    settings = Settings.from_env({})
+    assert settings.shutdown_grace_seconds < settings.stop_grace_seconds
+    assert settings.lock_wait_seconds == 3600, "a busy target means waiting an hour by default, not failing"
+
+
 def test_targets_come_from_json_and_their_passwords_are_redacted_everywhere() -> None:
     targets = {"orders": {"engine": "postgresql", "uri": "postgresql://app:Very-Secret-1@db:5432/orders"}}
     settings = Settings.from_env({"FLEXDB_TARGETS": json.dumps(targets)})
