@@ -11,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.auth import install_token_check
 from api.errors import register_error_handlers
+from api.http import BackupIdConverter, WaitSlots
 from shared.core.errors import BrokerUnavailable
 from api.openapi import build_spec
 from api.routes import backups, jobs, metrics, schedules, system, targets
@@ -29,7 +30,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Flask(__name__)
     app.json.sort_keys = False
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
+    app.url_map.converters["backup"] = BackupIdConverter
     app.extensions["flexdb"] = services or build_services(settings)
+    app.extensions["flexdb.wait_slots"] = WaitSlots(settings.wait_slots)
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies, x_host=settings.trusted_proxies

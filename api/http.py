@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import current_app, request, url_for
 from marshmallow import Schema, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 
-from shared.core.errors import BadRequest, ValidationFailed
+from shared.core.errors import ArchiveTooLarge, BadRequest, ValidationFailed
 from shared.domain.backups import BackupManifest
 from shared.domain.jobs import Job, Page
 from shared.services.container import Services
@@ -16,6 +21,29 @@ from shared.services.views import job_view
 
 def services() -> Services:
     return current_app.extensions["flexdb"]
+
+
+class WaitSlots:
+    """How many requests of this API process ``?wait=N`` may hold at once. A held request keeps
+    one of gunicorn's threads; without a bound, enough long-polls take them all and every
+    other route queues behind them. A long-poll that finds no free slot is answered at once
+    (the job as it is, with Retry-After), which a polling client handles like any early answer."""
+
+    def __init__(self, size: int) -> None:
+        self._free = threading.BoundedSemaphore(size)
+
+    @contextmanager
+    def slot(self) -> Iterator[bool]:
+        granted = self._free.acquire(blocking=False)
+        try:
+            yield granted
+        finally:
+            if granted:
+                self._free.release()
+
+
+def wait_slots() -> WaitSlots:
+    return current_app.extensions["flexdb.wait_slots"]
 
 
 def _pointers(messages: Any, prefix: str = "") -> list[dict[str, str]]:
@@ -41,14 +69,42 @@ def _load(schema: Schema, data: Any, where: str) -> dict[str, Any]:
         raise ValidationFailed(f"The {where} is invalid: {summary}", errors=errors) from None
 
 
+def _nesting_depth(data: Any) -> int:
+    """How deep arrays and objects nest, walked without recursion (a hostile body may nest
+    deeper than Python's recursion limit allows any recursive walker to go)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _too_deep(max_depth: int) -> BadRequest:
+    return BadRequest(
+        f"The JSON body nests arrays or objects more than {max_depth} levels deep "
+        "(FLEXDB_API_MAX_JSON_DEPTH); no request of this API needs that."
+    )
+
+
 def parse_body(schema: Schema) -> dict[str, Any]:
     raw = request.get_data(cache=True)
+    max_depth = services().settings.api_max_json_depth
+    # Every route with a body requires one: an empty PATCH is not "change nothing" but a mistake.
     if not raw.strip():
-        data: Any = {}
-    else:
+        raise BadRequest("The body is empty; send a JSON object with Content-Type: application/json.")
+    try:
         data = request.get_json(silent=True, force=True)
-        if data is None:
-            raise BadRequest("The body is not valid JSON; send a JSON object with Content-Type: application/json.")
+    except RecursionError:  # the JSON decoder gives up before returning: far too deep
+        raise _too_deep(max_depth) from None
+    if data is None:
+        raise BadRequest("The body is not valid JSON; send a JSON object with Content-Type: application/json.")
+    # Later steps (schemas, the idempotency fingerprint, the job record) walk the body recursively.
+    if _nesting_depth(data) > max_depth:
+        raise _too_deep(max_depth)
     if not isinstance(data, dict):
         raise ValidationFailed("The body must be a JSON object.", errors=[{"pointer": "/", "detail": "must be an object"}])
     return _load(schema, data, "request body")
@@ -69,6 +125,32 @@ def page_body(page: Page, items: list[dict[str, Any]], endpoint: str, **query: A
         params = {k: v for k, v in query.items() if v is not None}
         links["next"] = url_for(endpoint, cursor=page.next_cursor, _external=True, **params)
     return {"items": items, "next": links.get("next"), "links": links}
+
+
+class BackupIdConverter(BaseConverter):
+    """``<backup:backup_id>``: a path segment that is not ``import``, so ``/backups/import`` (a
+    POST of its own) is not also ``/backups/<backup_id>`` (whose GET, PATCH and DELETE would be
+    advertised in its ``Allow``)."""
+
+    regex = r"(?!import$)[^/]+"
+
+
+class UploadStream:
+    """The request body as a stream read in chunks, never whole: opened at the first read (so
+    the service can refuse a too-large ``Content-Length`` before any byte is read), and up to
+    ``limit`` bytes for this request instead of the app-wide ``FLEXDB_API_MAX_BODY_BYTES``."""
+
+    def __init__(self, limit: int, setting: str) -> None:
+        request.max_content_length = limit
+        self._limit, self._setting = limit, setting
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return request.stream.read(size)
+        except RequestEntityTooLarge:
+            raise ArchiveTooLarge(
+                f"The archive is too large: more than {self._limit} bytes arrived, and {self._setting} allows {self._limit}."
+            ) from None
 
 
 def present_job(job: Job) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import json
 
 from flask import Blueprint, jsonify, request
 
-from api.http import job_headers, page_body, page_limit, parse_body, parse_query, present_job, services
+from api.http import job_headers, page_body, page_limit, parse_body, parse_query, present_job, services, wait_slots
 from api.openapi import operation
 from api.schemas import (
     BackupRequestSchema,
@@ -77,7 +77,11 @@ def create_backup():
     body=RestoreRequestSchema,
     headers=_SUBMIT_HEADERS,
     responses={202: ("The queued job; Location: /api/v1/jobs/<id>", JobSchema)},
-    errors={404: "No such backup or target (backup_not_found, target_not_found)", **_SUBMIT_ERRORS},
+    errors={
+        404: "No such backup or target (backup_not_found, target_not_found)",
+        422: "Invalid fields (validation_failed), or a system database without allow_system_database (system_database_refused)",
+        **_SUBMIT_ERRORS,
+    },
 )
 def create_restore():
     body = parse_body(RestoreRequestSchema())
@@ -90,6 +94,7 @@ def create_restore():
             drop=body["drop"],
             options=body["options"],
             callback=callback,
+            allow_system_database=body["allow_system_database"],
         ),
     )
 
@@ -100,24 +105,29 @@ def _job_response(job: Job, status: int = 200):
 
 @bp.get("/jobs/<job_id>")
 @operation(
-    summary="One job; with ?wait=N held until its status changes; Retry-After while unfinished",
+    summary="One job; with ?wait=N held until its status changes (when a wait slot is free); Retry-After while unfinished",
     query=JobGetQuerySchema,
     responses={200: ("The job", JobSchema)},
 )
 def get_job(job_id: str):
     wait = min(parse_query(JobGetQuerySchema())["wait"], services().settings.wait_max_seconds)
-    return _job_response(services().jobs.wait(job_id, wait))
+    with wait_slots().slot() as granted:
+        return _job_response(services().jobs.wait(job_id, wait if granted else 0))
 
 
 @bp.post("/jobs/<job_id>/cancel")
 @operation(
     summary="Cancel a job: a queued one never starts, a running one stops and leaves no partial archive",
-    responses={200: ("Cancelled (it was queued)", JobSchema), 202: ("Stopping (it was running)", JobSchema)},
+    responses={
+        200: ("Cancelled (it was queued or waiting, or its worker is gone)", JobSchema),
+        202: ("Stopping (it was running)", JobSchema),
+    },
     errors={409: "The job already finished (job_finished)"},
 )
 def cancel_job(job_id: str):
     job = services().jobs.cancel(job_id)
-    # A queued job is cancelled at once (200); a running one stops at its next progress report (202).
+    # A queued job, or one whose worker is gone, is cancelled at once (200); a running one
+    # stops at its next progress report (202).
     return _job_response(job, 200 if job.status.is_terminal else 202)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from api.auth import carries_token
 from api.http import services
 from api.openapi import operation
 from api.schemas import HealthSchema
@@ -11,12 +12,13 @@ bp = Blueprint("system", __name__)
 
 @bp.get("/health")
 @operation(
-    summary="Health of the API, Redis, workers, storage and every target",
+    summary="Health of the API, Redis, workers, storage and every target (with FLEXDB_API_TOKEN set: ok flags only, unless sent)",
     responses={200: ("Everything answers", HealthSchema), 503: ("Some component is down (same body)", HealthSchema)},
     tag="system",
 )
 def health():
-    healthy, body = services().health.check()
+    svc = services()
+    healthy, body = svc.health.check(detailed=carries_token(svc.settings.api_token))
     return jsonify(body), 200 if healthy else 503
 
 

@@ -34,7 +34,10 @@ def list_targets():
 @operation(
     summary="Connect to a target: server version and latency",
     responses={200: ("It answers", ServerInfoSchema)},
-    errors={502: "The target is unreachable or refused the credentials (target_unreachable, authentication_failed)"},
+    errors={
+        502: "The target is unreachable, refused the credentials, has no such database or cannot be used with its "
+        "settings (target_unreachable, authentication_failed, database_not_found, target_misconfigured)"
+    },
     tag="targets",
 )
 def check_target(name: str):
@@ -48,7 +51,12 @@ def check_target(name: str):
     summary="Try a connection that is not a configured target",
     body=ConnectionCheckSchema,
     responses={200: ("It answers", ServerInfoSchema)},
-    errors={502: "Unreachable, or the credentials were refused (target_unreachable, authentication_failed)"},
+    errors={
+        403: "The host is not in FLEXDB_CHECK_ALLOWED_HOSTS (host_not_allowed)",
+        422: "Invalid field, or URI options that may change where or how the driver connects (validation_failed)",
+        502: "Unreachable, the credentials were refused, or no such database (target_unreachable, "
+        "authentication_failed, database_not_found)",
+    },
     tag="targets",
 )
 def check_connection():

@@ -11,10 +11,12 @@ accepts archives written by the real ``mongodump --archive`` (plain, gzip or zst
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, BinaryIO
 
 from bson.raw_bson import RawBSONDocument
@@ -23,10 +25,10 @@ from bson.son import SON
 from shared.core.errors import (
     ArchiveCorrupt,
     AuthenticationFailed,
-    ConfigurationError,
     DumpFailed,
     FlexDBError,
     RestoreFailed,
+    TargetMisconfigured,
     TargetNotEmpty,
     TargetUnreachable,
     ValidationFailed,
@@ -35,7 +37,14 @@ from shared.core.logs import get_logger
 from shared.core.redaction import redact
 from shared.core.settings import Target
 from shared.domain.backups import BackupManifest
-from shared.domain.engine import BackupEngine, DumpResult, RestoreRequest, ServerInfo
+from shared.domain.engine import (
+    BackupEngine,
+    ConnectionAddress,
+    DumpResult,
+    ImportedArchive,
+    RestoreRequest,
+    ServerInfo,
+)
 from shared.domain.progress import ProgressTracker
 from shared.domain.streams import HashingWriter
 from shared.engines.mongodb_archive import (
@@ -47,6 +56,7 @@ from shared.engines.mongodb_archive import (
     NamespaceEnd,
     NamespaceStart,
     build_metadata,
+    detect_codec,
     open_compressed_writer,
     open_decompressing_reader,
     parse_server_version,
@@ -166,6 +176,9 @@ def check_database_name(name: str) -> str:
     return name
 
 
+_REFUSED = re.compile(r"(?P<endpoint>[^\s,'(<]+:\d+): \[Errno \d+\] Connection refused")
+
+
 def classify_error(exc: BaseException, target: Target, failure: type[FlexDBError]) -> FlexDBError:
     """Map a pymongo exception to the one error hierarchy. Messages never carry the URI password."""
     where = f"Target {target.name!r}"
@@ -177,18 +190,43 @@ def classify_error(exc: BaseException, target: Target, failure: type[FlexDBError
             "and authSource in the target's URI."
         )
     if isinstance(exc, OperationFailure) and exc.code == _UNAUTHORIZED:
+        if not _has_credentials(target):
+            return AuthenticationFailed(
+                f"{where}: the MongoDB server requires credentials ({text}). Put a user and password in the "
+                "target's URI (mongodb://user:password@host:27017/database?authSource=admin)."
+            )
         return AuthenticationFailed(
             f"{where}: the MongoDB server refused the operation ({text}). Put a user with the backup/restore "
             "roles in the target's URI."
         )
     if isinstance(exc, ConnectionFailure):  # includes ServerSelectionTimeoutError and AutoReconnect
+        refused = list(dict.fromkeys(m["endpoint"] for m in _REFUSED.finditer(str(exc))))
+        if refused:
+            return TargetUnreachable(
+                f"{where}: connection refused at {', '.join(refused)}. Check that the MongoDB server is up and "
+                "the host and port in the target's URI are right."
+            )
         return TargetUnreachable(
             f"{where}: cannot reach the MongoDB server ({text}). Check that it is up and the host and port "
             "in the target's URI are right."
         )
     if isinstance(exc, (MongoConfigurationError, ValueError)):  # pymongo's URI parser raises both
-        return ConfigurationError(f"{where}: the MongoDB URI is not usable ({text}).")
+        return TargetMisconfigured(f"{where}: the MongoDB URI is not usable ({text}).")
+    if isinstance(exc, OSError):  # a file the URI names (tlsCAFile, tlsCertificateKeyFile...) cannot be read
+        return TargetMisconfigured(
+            f"{where}: a file named in the target's URI cannot be read ({text}). Fix the TLS options of the URI."
+        )
     return failure(f"{where}: {text}")
+
+
+def _has_credentials(target: Target) -> bool:
+    try:
+        parsed = parse_uri(target.uri, validate=False)
+    except (PyMongoError, ValueError):
+        return False
+    mechanism = str((parsed.get("options") or {}).get("authMechanism") or "")
+    # X.509 and Kerberos-like mechanisms authenticate without a password in the URI
+    return bool(parsed.get("username")) or mechanism.upper() not in {"", "DEFAULT", "SCRAM-SHA-1", "SCRAM-SHA-256"}
 
 
 def _index_spec(spec: Mapping[str, Any]) -> SON:
@@ -269,6 +307,39 @@ class _CountingReader:
 class MongoDBEngine(BackupEngine):
     name = "mongodb"
     archive_format = "mongodump-archive"
+    system_databases = SYSTEM_DATABASES
+    # Everything else may read local files (tlsCAFile, tlsCertificateKeyFile...), go through a
+    # proxy (proxyHost), turn off certificate checks, or log in through another service
+    # (authMechanism MONGODB-AWS asks the cloud metadata address, GSSAPI a Kerberos server).
+    adhoc_uri_options = MappingProxyType({
+        "authsource": None,
+        "authmechanism": frozenset({"DEFAULT", "SCRAM-SHA-1", "SCRAM-SHA-256"}),
+        "replicaset": None,
+        "readpreference": None,
+        "directconnection": None,
+        "tls": None,
+        "ssl": None,
+        "appname": None,
+    })
+
+    @classmethod
+    def connection_address(cls, uri: str) -> ConnectionAddress:
+        def refuse(detail: str) -> ValidationFailed:
+            return ValidationFailed(f"The MongoDB URI cannot be used: {detail}.", errors=[{"pointer": "/uri", "detail": detail}])
+
+        if not uri.startswith("mongodb://"):
+            # mongodb+srv:// learns its hosts and options from DNS records, after any check here
+            raise refuse("write it as mongodb://user:password@host:27017/database (mongodb+srv:// is not taken here)")
+        try:
+            # validate=False: validating would read the files the options name
+            parsed = parse_uri(uri, validate=False, warn=True, normalize=False)
+        except (PyMongoError, ValueError) as exc:
+            raise refuse(f"pymongo refuses it ({redact(str(exc))})") from None
+        # pymongo ignores the case of option names (and splits on ';' as on '&'): use its reading
+        options = {str(key).lower(): str(value) for key, value in (parsed.get("options") or {}).items()}
+        nodes = [str(host) for host, _ in parsed.get("nodelist") or []]
+        sockets = tuple(host for host in nodes if host.startswith("/") or host.endswith(".sock"))
+        return ConnectionAddress(hosts=tuple(h for h in nodes if h not in sockets), sockets=sockets, options=options)
 
     # The codec is a setting, so the archive's name and the manifest's compression follow it.
     @property
@@ -308,8 +379,8 @@ class MongoDBEngine(BackupEngine):
                 appname="flexdb",
                 connect=False,
             )
-        except (PyMongoError, ValueError) as exc:
-            raise classify_error(exc, target, ConfigurationError) from None
+        except (PyMongoError, ValueError, OSError) as exc:  # OSError: a TLS file the URI names
+            raise classify_error(exc, target, TargetMisconfigured) from None
 
     @contextmanager
     def _session(self, target: Target, failure: type[FlexDBError]) -> Iterator[MongoClient]:
@@ -324,10 +395,19 @@ class MongoDBEngine(BackupEngine):
         finally:
             client.close()
 
+    @classmethod
+    def restore_destination(cls, target: Target, manifest: BackupManifest, database: str | None) -> str | None:
+        # As RestorePlan decides: a backup of one database goes into "database", else into the
+        # target's own; a backup of several keeps their names (never a system one, see there).
+        if database:
+            return database
+        return cls._uri_database(target) if manifest.database else None
+
     @staticmethod
     def _uri_database(target: Target) -> str | None:
         try:
-            return parse_uri(target.uri).get("database") or None
+            # validate=False: validating would read the TLS files the URI names
+            return parse_uri(target.uri, validate=False).get("database") or None
         except (PyMongoError, ValueError):
             return None  # MongoClient reports the bad URI with a proper message
 
@@ -345,11 +425,12 @@ class MongoDBEngine(BackupEngine):
             build = client.admin.command("buildInfo")
             latency_ms = round((time.monotonic() - started) * 1000, 1)
             databases = self._databases(client, target)
-        return ServerInfo(
-            version=server_version_of(build),
-            latency_ms=latency_ms,
-            details={"databases": databases, "database": self._uri_database(target)},
-        )
+            details: dict[str, Any] = {"databases": databases, "database": self._uri_database(target)}
+            if details["database"]:
+                # buildInfo answers anyone; listing collections needs a login where auth is on, so
+                # a target without credentials fails its check instead of its first backup.
+                details["collections"] = len(client[details["database"]].list_collection_names())
+        return ServerInfo(version=server_version_of(build), latency_ms=latency_ms, details=details)
 
     # ------------------------------------------------------------------ backup
 
@@ -362,8 +443,8 @@ class MongoDBEngine(BackupEngine):
         options: Mapping[str, Any],
     ) -> DumpResult:
         # A job's options narrow what the target's own options select.
-        merged = {**dict(target.options), **dict(options)}
-        scope = CollectionFilter.from_options(validate_mongodb_options("backup", merged))
+        merged = validate_mongodb_options("backup", {**dict(target.options), **dict(options)})
+        scope = CollectionFilter.from_options(merged)
         with self._session(target, DumpFailed) as client:
             databases = self._databases(client, target)
             plan = [entry for db in databases for entry in self._entries(client, db, scope)]
@@ -382,6 +463,7 @@ class MongoDBEngine(BackupEngine):
         return DumpResult(
             database=databases[0] if len(databases) == 1 else None,
             server_version=server.version,
+            scope=merged,  # collections / exclude_collections: a partial backup
             details={
                 "databases": databases,
                 "compression": self.codec,
@@ -479,17 +561,63 @@ class MongoDBEngine(BackupEngine):
                 )
         log.info("mongodb.archive_verified", backup_id=manifest.id, documents=summary.total_documents)
 
-    def prepare_restore(self, target: Target, manifest: BackupManifest, request: RestoreRequest) -> None:
-        """Refuse early when the manifest names the namespaces (load checks again from the archive)."""
+    # ------------------------------------------------------------------ import
+
+    def import_archive_name(self, head: bytes) -> str:
+        return ARCHIVE_NAMES[detect_codec(head)]
+
+    def inspect_import(self, open_archive: Callable[[], BinaryIO]) -> ImportedArchive:
+        """A ``mongodump --archive`` file (plain, gzip or zstd): the whole archive is read and
+        checked as before a restore (framing, prelude, every block's CRC)."""
+        with open_archive() as archive:
+            stream = open_decompressing_reader(archive)
+            try:
+                summary = verify(stream, read_size=self.settings.stream_chunk_bytes)
+            except ArchiveCorrupt as exc:
+                raise ArchiveCorrupt(f"This is not a readable mongodump archive: {exc.message}") from None
+        codec = getattr(stream, "codec", "none")
+        databases = sorted({entry.db for entry in summary.entries})
+        return ImportedArchive(
+            archive_format=self.archive_format,
+            compression=None if codec == "none" else codec,
+            database=databases[0] if len(databases) == 1 else None,
+            server_version=summary.header.server_version or None,
+            tool_version=summary.header.tool_version or None,
+            details={
+                "databases": databases,
+                "compression": codec,
+                # Not "namespaces": a restore then plans from the archive's own prelude, as for
+                # any archive made elsewhere (oplog and system collections included).
+                "documents": {ns: s.documents for ns, s in summary.namespaces.items()},
+                "views": sorted(entry.namespace for entry in summary.entries if entry.is_view),
+            },
+        )
+
+    def prepare_restore(self, target: Target, manifest: BackupManifest, request: RestoreRequest) -> list[str]:
+        """Refuse early when the manifest names the namespaces (load checks again from the archive).
+        Returns the destination databases that do not exist yet (MongoDB creates them on the first write)."""
         if request.database:
             check_database_name(request.database)
         namespaces = (manifest.details or {}).get("namespaces")
         if not isinstance(namespaces, dict):
-            return  # an archive brought from elsewhere: load plans from its prelude
+            # an archive brought from elsewhere: load plans from its prelude
+            destinations = [name for name in (request.database or self._uri_database(target),) if name]
+            with self._session(target, RestoreFailed) as client:
+                return self._missing_databases(client, destinations)
         keys = [tuple(ns.split(".", 1)) for ns in namespaces]
         plan = RestorePlan.build([(k[0], k[1]) for k in keys if len(k) == 2], request, self._uri_database(target))
         with self._session(target, RestoreFailed) as client:
             self._refuse_occupied(client, plan, request, target)
+            return self._missing_databases(client, plan.databases)
+
+    @staticmethod
+    def _missing_databases(client: MongoClient, databases: Sequence[str]) -> list[str]:
+        existing = set(client.list_database_names())
+        return [name for name in databases if name not in existing]
+
+    def drop_database(self, target: Target, database: str) -> None:
+        with self._session(target, RestoreFailed) as client:
+            client.drop_database(database)
 
     def _refuse_occupied(self, client: MongoClient, plan: RestorePlan, request: RestoreRequest, target: Target) -> None:
         if request.drop:

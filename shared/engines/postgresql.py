@@ -12,16 +12,22 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, BinaryIO
+from urllib.parse import parse_qsl, urlsplit
 
 from shared.core.errors import (
+    ArchiveCorrupt,
     AuthenticationFailed,
-    ConfigurationError,
+    DatabaseNotFound,
     DumpFailed,
+    EngineUnavailable,
     FlexDBError,
     RestoreFailed,
+    TargetMisconfigured,
     TargetNotEmpty,
     TargetUnreachable,
     ToolVersionMismatch,
@@ -31,7 +37,14 @@ from shared.core.logs import get_logger
 from shared.core.redaction import redact
 from shared.core.settings import Target
 from shared.domain.backups import DATABASE_NAME_PATTERN, DATABASE_NAME_RULE, BackupManifest
-from shared.domain.engine import BackupEngine, DumpResult, RestoreRequest, ServerInfo
+from shared.domain.engine import (
+    BackupEngine,
+    ConnectionAddress,
+    DumpResult,
+    ImportedArchive,
+    RestoreRequest,
+    ServerInfo,
+)
 from shared.domain.progress import ProgressTracker
 from shared.domain.streams import HashingWriter, iter_chunks
 from shared.engines.registry import register
@@ -73,15 +86,71 @@ _TABLES_SQL = """
 """
 
 
+# libpq names each endpoint it tried: 'connection to server at "db" (10.0.0.5), port 5432 failed: ...'
+# or 'connection to server on socket "/run/postgresql/.s.PGSQL.5432" failed: ...'.
+_ENDPOINT = re.compile(
+    r'connection to server (?:at "(?P<host>[^"]*)"(?: \([^)]*\))?, port (?P<port>\d+)|on socket "(?P<socket>[^"]*)") failed: '
+    r"(?P<reason>[^\n]*)"
+)
+_MISSING = re.compile(r'(?P<kind>role|database) "(?P<name>[^"]*)" does not exist')
+# Failures that come from the target's own settings (its URI's options), not from the server.
+_MISCONFIGURED = ("certificate", "private key", "invalid connection option", "unrecognized configuration parameter", "sslmode value", "invalid value for parameter")
+
+
 def classify_connection_error(message: str, where: str) -> FlexDBError:
-    """Tell a wrong password from an unreachable server from a missing database."""
-    text = redact(message.strip().splitlines()[-1] if message.strip() else message)
+    """Say what happened when libpq (or pg_dump, with libpq's words) could not connect: which
+    endpoint refused or did not answer, a login refused (a wrong password or a role that does
+    not exist), a database that does not exist, or settings in the URI the driver cannot use."""
+    attempts = list(_ENDPOINT.finditer(message))
+    endpoints = ", ".join(
+        dict.fromkeys(a["socket"] or f"{a['host']}:{a['port']}" for a in attempts)
+    ) or "the target's host"
+    first = attempts[0]["reason"] if attempts else message.strip().splitlines()[0] if message.strip() else ""
+    reason = redact(re.sub(r"^(?:FATAL|ERROR):\s+", "", first.strip()))
     lowered = message.lower()
-    if "authentication failed" in lowered or "no password supplied" in lowered:
-        return AuthenticationFailed(f"{where}: the server refused the credentials ({text}). Check the user and password in the target's URI.")
-    if "does not exist" in lowered and "database" in lowered:
-        return TargetUnreachable(f"{where}: {text}. Check the database name in the target's URI.")
-    return TargetUnreachable(f"{where}: cannot connect ({text}). Check that the server is up and the host and port are right.")
+    missing = _MISSING.search(message)
+    if (missing and missing["kind"] == "role") or any(
+        words in lowered for words in ("authentication failed", "no password supplied", "password is required")
+    ):
+        return AuthenticationFailed(
+            f"{where}: the server at {endpoints} refused the login ({reason}). Check the user and password in the target's URI."
+        )
+    if missing:
+        return DatabaseNotFound(
+            f"{where}: the server at {endpoints} has no database {missing['name']!r}. Check the database name in "
+            "the target's URI, or create the database."
+        )
+    if any(words in lowered for words in _MISCONFIGURED):
+        return TargetMisconfigured(f"{where}: the driver cannot use the target's settings ({redact(message.strip().splitlines()[0])}). Fix the options in the target's URI.")
+    if "connection refused" in lowered:
+        return TargetUnreachable(
+            f"{where}: connection refused at {endpoints}. Check that the server is up and the host and port in the "
+            "target's URI are right."
+        )
+    if "timeout expired" in lowered or "timed out" in lowered:
+        return TargetUnreachable(
+            f"{where}: no answer from {endpoints} within the connect timeout (FLEXDB_CONNECT_TIMEOUT_SECONDS). Check "
+            "the host and port, and that no firewall drops the connection."
+        )
+    return TargetUnreachable(
+        f"{where}: cannot connect to {endpoints} ({reason}). Check that the server is up and the host and port in "
+        "the target's URI are right."
+    )
+
+
+def classify_query_error(exc: Exception, where: str) -> FlexDBError:
+    """A statement that failed on an open connection (the probe's, a restore's preparation)."""
+    text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return TargetMisconfigured(
+            f"{where}: the server cancelled a query ({text}). A statement_timeout from the target's URI "
+            "(options=-c statement_timeout=...) or from its role or database is too short; raise it or remove it."
+        )
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return AuthenticationFailed(f"{where}: the server refused the operation ({text}). Give the target's user the privileges it needs.")
+    if isinstance(exc, psycopg.OperationalError):
+        return TargetUnreachable(f"{where}: the server closed the connection ({text}). Check that it is up.")
+    return TargetUnreachable(f"{where}: the server answered with an error ({text}).")
 
 
 def _stderr_tail(path: Path, lines: int = 5) -> str:
@@ -99,12 +168,49 @@ class PostgreSQLEngine(BackupEngine):
     archive_format = "pg_dump-custom"
     archive_name = "archive.dump"
     compression = "pg_dump-zlib"
+    # template1 is copied into every database created later; template0 must stay pristine.
+    forbidden_databases = frozenset({"template0", "template1"})
+    system_databases = frozenset({"postgres"})
+    # Everything else libpq reads from a URI's query may send it elsewhere (host, hostaddr, port,
+    # service), run server settings (options) or read local files (passfile, sslrootcert...).
+    adhoc_uri_options = MappingProxyType({
+        "sslmode": frozenset({"disable", "allow", "prefer", "require"}),
+        "channel_binding": None,
+        "application_name": None,
+        "target_session_attrs": None,
+    })
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
         if psycopg is None:
             return "the psycopg driver is not installed"
         return None
+
+    @classmethod
+    def restore_destination(cls, target: Target, manifest: BackupManifest, database: str | None) -> str | None:
+        if database or psycopg is None:
+            return database
+        return cls._database_of(cls._uri_params(target))
+
+    @classmethod
+    def connection_address(cls, uri: str) -> ConnectionAddress:
+        def refuse(detail: str) -> ValidationFailed:
+            return ValidationFailed(f"The PostgreSQL URI cannot be used: {detail}.", errors=[{"pointer": "/uri", "detail": detail}])
+
+        # libpq also takes "key=value" strings, where any option may hide: only URIs are checked.
+        if not uri.startswith(("postgresql://", "postgres://")):
+            raise refuse("write it as postgresql://user:password@host:5432/database")
+        try:
+            params = conninfo_to_dict(uri)
+            # libpq decodes option names as parse_qsl does ("%68ost" is "host").
+            options = {key: value for key, value in parse_qsl(urlsplit(uri).query, keep_blank_values=True)}
+        except (psycopg.Error, ValueError) as exc:  # ValueError: text libpq cannot take, a bad "[v6]"
+            raise refuse(f"libpq refuses it ({redact(str(exc))})") from None
+        hosts = str(params.get("host") or "").split(",")
+        # An empty host means the default socket; "/path" and "@name" are sockets too.
+        sockets = tuple(host or "(the default socket)" for host in hosts if not host or host.startswith(("/", "@")))
+        names = tuple(host for host in hosts if host and not host.startswith(("/", "@")))
+        return ConnectionAddress(hosts=names, sockets=sockets, options=options)
 
     # ------------------------------------------------------------------ tools
 
@@ -124,14 +230,18 @@ class PostgreSQLEngine(BackupEngine):
         match = re.search(r"(\d+(?:\.\d+)*)", out.stdout)
         return match.group(1) if match else out.stdout.strip()
 
-    def _connection_params(self, target: Target, database: str | None = None) -> dict[str, Any]:
+    @staticmethod
+    def _uri_params(target: Target) -> dict[str, Any]:
         try:
-            params = conninfo_to_dict(target.uri)
+            return conninfo_to_dict(target.uri)
         except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(
+            raise TargetMisconfigured(
                 f"Target {target.name!r}: the PostgreSQL URI is not usable ({redact(str(exc))}); "
                 "write it as postgresql://user:password@host:5432/database."
             ) from None
+
+    def _connection_params(self, target: Target, database: str | None = None) -> dict[str, Any]:
+        params = self._uri_params(target)
         if database:
             params["dbname"] = database
         return params
@@ -144,14 +254,23 @@ class PostgreSQLEngine(BackupEngine):
         env["PGCONNECT_TIMEOUT"] = str(self.settings.connect_timeout_seconds)
         return env
 
-    def _connect(self, target: Target, database: str | None = None, autocommit: bool = False):
+    @contextmanager
+    def _connect(self, target: Target, database: str | None = None, autocommit: bool = False) -> Iterator[Any]:
+        """An open connection; whatever the driver raises, while connecting or in the block,
+        leaves as an error of our hierarchy."""
         params = self._connection_params(target, database)
+        # A connect_timeout in the target's URI wins over the setting.
+        params.setdefault("connect_timeout", self.settings.connect_timeout_seconds)
+        where = f"Target {target.name!r}"
         try:
-            return psycopg.connect(
-                **params, connect_timeout=self.settings.connect_timeout_seconds, autocommit=autocommit
-            )
-        except psycopg.OperationalError as exc:
-            raise classify_connection_error(str(exc), f"Target {target.name!r}") from None
+            conn = psycopg.connect(**params, autocommit=autocommit)
+        except psycopg.Error as exc:
+            raise classify_connection_error(str(exc), where) from None
+        with conn:
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                raise classify_query_error(exc, where) from None
 
     @staticmethod
     def _database_of(params: dict[str, Any]) -> str:
@@ -233,17 +352,18 @@ class PostgreSQLEngine(BackupEngine):
         lowered = tail.lower()
         if "server version mismatch" in lowered:
             return ToolVersionMismatch(f"pg_dump is older than the server: {tail}")
-        if "authentication" in lowered or ("connection" in lowered and ("refused" in lowered or "timeout" in lowered)):
+        if "connection to server" in lowered or "authentication" in lowered:
             return classify_connection_error(tail, f"Target {target.name!r}")
         return DumpFailed(f"pg_dump failed for target {target.name!r}: {tail or 'no error output'}")
 
-    def prepare_restore(self, target: Target, manifest: BackupManifest, request: RestoreRequest) -> None:
+    def prepare_restore(self, target: Target, manifest: BackupManifest, request: RestoreRequest) -> list[str]:
         own = self._database_of(self._connection_params(target))
         database = request.database or own
         if not DATABASE_NAME_PATTERN.match(database):
             raise ValidationFailed(
                 f"Database name {database!r} is not allowed: use {DATABASE_NAME_RULE}."
             )
+        created: list[str] = []
         if database != own:
             with self._connect(target, autocommit=True) as conn:
                 exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
@@ -251,6 +371,9 @@ class PostgreSQLEngine(BackupEngine):
                     # CREATE DATABASE cannot run in a transaction; the name is quoted as an identifier.
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
                     log.info("restore.database_created", database=database)
+                    created.append(database)
+        if created:
+            return created  # new and empty: nothing to check
         if not request.drop:
             with self._connect(target, database) as conn:
                 count = conn.execute(_USER_OBJECTS_SQL).fetchone()[0]
@@ -259,6 +382,12 @@ class PostgreSQLEngine(BackupEngine):
                     f"Database {database!r} on target {target.name!r} already holds {count} tables, views or "
                     'sequences. Restore with "drop": true to replace them, or into another "database".'
                 )
+        return created
+
+    def drop_database(self, target: Target, database: str) -> None:
+        # pg_restore has exited by now; a plain DROP (no FORCE) never cuts off someone else's session.
+        with self._connect(target, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
 
     def load(
         self,
@@ -296,6 +425,85 @@ class PostgreSQLEngine(BackupEngine):
                     f"{tail or 'no error output'}"
                 )
         return {"database": database, "dropped_existing": request.drop}
+
+    # ------------------------------------------------------------------ import
+
+    def inspect_import(self, open_archive: Callable[[], BinaryIO]) -> ImportedArchive:
+        """A ``pg_dump -Fc`` file: the magic bytes, then ``pg_restore --list`` for what the
+        archive says of itself, then a full ``pg_restore`` into nowhere, which reads and
+        decompresses every block (a truncated or damaged file fails here)."""
+        with open_archive() as archive:
+            head = archive.read(len(PG_CUSTOM_MAGIC))
+        if head != PG_CUSTOM_MAGIC:
+            raise ArchiveCorrupt(
+                "This is not a PostgreSQL custom-format archive: it does not start with PGDMP. Import the file "
+                "`pg_dump --format=custom` wrote (plain SQL, tar and directory formats are not taken)."
+            )
+        listing = self._pg_restore_check(open_archive, ["--list"], "read the archive's table of contents")
+        self._pg_restore_check(open_archive, ["--file=-"], "read the archive's data")
+        header = dict(_LISTING_FIELD.findall(listing))
+        if header.get("Format", "CUSTOM").strip() != "CUSTOM":
+            raise ArchiveCorrupt(f"The archive's format is {header['Format'].strip()}, not CUSTOM (pg_dump -Fc).")
+        entries = [line for line in listing.splitlines() if line and not line.startswith(";")]
+        return ImportedArchive(
+            archive_format=self.archive_format,
+            compression=self.compression,
+            database=(header.get("dbname") or "").strip() or None,
+            server_version=_version_of(header.get("Dumped from database version")),
+            tool_version=_version_of(header.get("Dumped by pg_dump version")),
+            details={
+                "tables": sum(1 for line in entries if " TABLE DATA " in line),
+                "toc_entries": len(entries),
+                "dump_version": (header.get("Dump Version") or "").strip() or None,
+            },
+        )
+
+    def _pg_restore_check(self, open_archive: Callable[[], BinaryIO], args: list[str], doing: str) -> str:
+        """Run pg_restore (no database: it writes a script) on the archive; its output, or
+        ArchiveCorrupt with pg_restore's own words."""
+        try:
+            tool = self._tool("pg_restore")
+        except DumpFailed:
+            raise EngineUnavailable(
+                "pg_restore checks an imported PostgreSQL archive and is not installed here (where the API runs); "
+                "install postgresql-client or set FLEXDB_PG_BIN_DIR."
+            ) from None
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+        keep_output = args == ["--list"]
+        with (
+            tempfile.NamedTemporaryFile(prefix="pg_restore-", suffix=".log") as stderr,
+            tempfile.TemporaryFile(prefix="pg_restore-out-") as stdout,
+        ):
+            proc = subprocess.Popen(
+                [tool, *args], stdin=subprocess.PIPE, stdout=stdout if keep_output else subprocess.DEVNULL, stderr=stderr, env=env
+            )
+            try:
+                with open_archive() as archive:
+                    for chunk in iter_chunks(archive, self.settings.stream_chunk_bytes):
+                        proc.stdin.write(chunk)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # pg_restore stopped reading: --list needs only the start, or it failed (its exit says)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            returncode = proc.wait()
+            if returncode != 0:
+                tail = _stderr_tail(Path(stderr.name))
+                raise ArchiveCorrupt(f"pg_restore could not {doing}: {tail or 'no error output'}")
+            stdout.seek(0)
+            return stdout.read().decode(errors="replace")
+
+
+PG_CUSTOM_MAGIC = b"PGDMP"
+# `pg_restore --list` starts with ";     dbname: orders" and the like.
+_LISTING_FIELD = re.compile(r"^;\s+([A-Za-z][A-Za-z ]*?):\s*(.*)$", re.MULTILINE)
+
+
+def _version_of(text: str | None) -> str | None:
+    match = re.search(r"(\d+(?:\.\d+)*)", text or "")
+    return match.group(1) if match else None
 
 
 class _TableCounter:

@@ -14,11 +14,12 @@ from shared.core.errors import (
 )
 from shared.core.logs import get_logger
 from shared.domain.jobs import Callback, Job, JobFilter, JobKind, JobStatus, Page
-from shared.domain.ports import IdempotencyStore, JobRepository, TaskQueue
-from shared.domain.tasks import BACKUP_TASK, CALLBACK_TASK, RESTORE_TASK
+from shared.domain.ports import IdempotencyStore, JobRepository, TargetLease, TaskQueue
+from shared.domain.tasks import BACKUP_TASK, RESTORE_TASK
 from shared.engines import engine_class
 from shared.services.callbacks import CallbackRequest
 from shared.services.catalog import BackupCatalog
+from shared.services.recovery import JobRecovery
 from shared.services.targets import TargetService
 
 log = get_logger(__name__)
@@ -32,9 +33,11 @@ class JobService:
         targets: TargetService,
         catalog: BackupCatalog,
         idempotency: IdempotencyStore,
-        callback_delay_seconds: float = 0,
+        lease: TargetLease,
+        recovery: JobRecovery,
     ) -> None:
-        self._callback_delay = callback_delay_seconds
+        self._lease = lease
+        self._recovery = recovery
         self._jobs = jobs
         self._queue = queue
         self._targets = targets
@@ -65,6 +68,7 @@ class JobService:
         drop: bool = False,
         options: dict[str, Any] | None = None,
         callback: CallbackRequest | None = None,
+        allow_system_database: bool = False,
     ) -> Job:
         manifest = self._catalog.get(backup_id)
         target = self._targets.get(target_name or manifest.target)
@@ -74,7 +78,9 @@ class JobService:
                 f"{target.engine}. Choose a {manifest.engine} target.",
                 errors=[{"pointer": "/target", "detail": f"must be a {manifest.engine} target"}],
             )
-        options = engine_class(target.engine).validate_options("restore", options or {})
+        engine = engine_class(target.engine)
+        engine.check_restore_destination(target, manifest, database, allow_system_database)
+        options = engine.validate_options("restore", options or {})
         params = {"backup_id": manifest.id, "database": database, "drop": drop, "options": options}
         job = Job(kind=JobKind.RESTORE, target=target.name, engine=target.engine, params=params)
         return self._submit(job, RESTORE_TASK, callback)
@@ -103,8 +109,8 @@ class JobService:
 
     def _submit(self, job: Job, task_name: str, callback: CallbackRequest | None) -> Job:
         if callback is not None:
-            job.callback = Callback(url=callback.url)
-            self._jobs.save_callback_headers(job.id, callback.headers)
+            job.callback = Callback(url=callback.shown_url)
+            self._jobs.save_callback_secrets(job.id, callback.url, callback.headers)
         # The record is written before the message: a fast worker must find it.
         self._jobs.add(job)
         try:
@@ -137,25 +143,16 @@ class JobService:
     # ------------------------------------------------------------------ cancelling
 
     def cancel(self, job_id: str) -> Job:
-        """A queued job never starts; a running one is stopped by its worker at the next
-        progress report (dump tool killed, partial archive removed)."""
+        """A queued (or waiting) job never starts; a running one is stopped by its worker at the
+        next progress report (dump tool killed, partial archive removed); a job whose worker
+        is gone is ended here and now."""
         job = self._jobs.get(job_id)
         if job.status.is_terminal:
             raise JobFinished(f"Job {job_id} already finished ({job.status.value}); there is nothing to cancel.")
         self._jobs.request_cancel(job_id)
         job.cancel_requested = True
-        if job.status is JobStatus.QUEUED:
-            job.cancel()
-            self._jobs.save(job)
-            self.notify_finished(job)
+        if job.status is JobStatus.QUEUED or self._lease.holder(job.target) != job.id:
+            if not self._recovery.cancel_orphan(job):
+                return self.cancel(job_id)  # it started or ended meanwhile: answer for its new state
         log.info("job.cancel_requested", job_id=job_id, status=job.status.value)
         return job
-
-    def notify_finished(self, job: Job) -> None:
-        """Hand the callback to its own task: whoever finishes a job never waits on a receiver."""
-        if job.callback is None:
-            return
-        try:
-            self._queue.enqueue(CALLBACK_TASK, job.id, delay_seconds=self._callback_delay)
-        except BrokerUnavailable as exc:
-            log.warning("callback.not_queued", job_id=job.id, error=exc.message)

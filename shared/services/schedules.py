@@ -14,12 +14,13 @@ from shared.core.errors import (
     ScheduleManagedBySettings,
     ScheduleNotFound,
     TargetBusy,
+    TargetNotFound,
     ValidationFailed,
 )
 from shared.core.logs import get_logger
 from shared.core.settings import NAME_PATTERN, Settings
 from shared.domain.jobs import Job, iso_utc
-from shared.domain.ports import JobRepository, ScheduleRepository, ScheduleTrigger, TargetLock
+from shared.domain.ports import JobRepository, ScheduleRepository, ScheduleTrigger, TargetLease
 from shared.domain.retention import RetentionPolicy
 from shared.domain.schedules import MAX_INTERVAL_SECONDS, Schedule
 from shared.engines import engine_class
@@ -39,7 +40,7 @@ class ScheduleService:
         targets: TargetService,
         jobs: JobService,
         job_records: JobRepository,
-        lock: TargetLock,
+        lock: TargetLease,
     ) -> None:
         self._settings = settings
         self._schedules = schedules
@@ -95,7 +96,11 @@ class ScheduleService:
         if changes.get("interval_seconds") is not None:
             merged["cron"] = None
         merged.update(changes)
-        updated = current.with_changes(**self._validated(merged))
+        try:
+            updated = current.with_changes(**self._validated(merged))
+        except TargetNotFound as exc:
+            # The schedule exists: a 404 here would tell the client it does not.
+            raise ValidationFailed(exc.message, errors=[{"pointer": "/target", "detail": "no such target"}]) from None
         self._trigger.install(updated)
         self._schedules.save(updated)
         log.info("schedule.updated", schedule_id=schedule_id, fields=sorted(changes))

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from scripts.run_stack import COMMANDS
+from shared.engines import engine_class, engine_names
 from tests.conftest import drop_database, pg_admin, pg_uri, service_env
 from tests.support.docs import DocCommand, DocError, DocRunner, dotenv_settings, parse_doc, substitutions
 from tests.support.mongo import MongoTestServer
@@ -44,6 +45,12 @@ SETTINGS_DOCS = (MANUAL, DEMO)
 # Documents the pages link to before they exist (announced: the n8n workflows).
 ANNOUNCED_LINKS = {"docs/n8n/README.md"}
 API_PREFIX = "/api/v1"
+# The engines' own databases: examples name them to show the refusal, so they are not renamed.
+SYSTEM_DATABASES = {
+    name
+    for engine in engine_names()
+    for name in engine_class(engine).forbidden_databases | engine_class(engine).system_databases
+}
 
 pytestmark = [
     pytest.mark.e2e,
@@ -194,6 +201,8 @@ class DocsStack:
         stem = re.sub(r"\W", "_", doc.stem)
         for command in parse_doc(doc):
             for name in re.findall(r'"database":\s*"([A-Za-z_][A-Za-z0-9_$-]*)"', command.text):
+                if name in SYSTEM_DATABASES:  # refused at submit, so never made: shown as written
+                    continue
                 unique = f"flexdb_doc_{self.suffix}_{stem}_{name}"[:63]
                 mapping[name] = unique
                 self.databases.add(unique)

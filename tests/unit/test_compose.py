@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -72,9 +73,11 @@ def compose() -> list[str]:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A folder with the compose file and a .env copied from .env.example."""
+    """A folder with the compose file and a .env copied from .env.example, its callback secret
+    generated as the setup asks (the settings refuse the example's placeholder)."""
     shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
     shutil.copy(REPO / ".env.example", tmp_path / ".env")
+    _set_env(tmp_path, FLEXDB_CALLBACK_SECRET=secrets.token_hex(32))
     return tmp_path
 
 
