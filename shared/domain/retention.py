@@ -11,6 +11,17 @@ A policy combines rules; a backup is kept when **any** rule keeps it:
 
 A policy with no rule but ``min_keep`` deletes nothing. Only complete backups are ever planned
 (a failed run leaves no manifest), so "newest" always means newest *successful*.
+
+Which backups a policy governs, and the rails that keep the wrong ones from being deleted:
+
+- a schedule's policy governs the backups that schedule made, and manual backups only with
+  ``include_manual``; a target's own policy governs every backup of the target. A backup no
+  policy governs (a manual one, one of a deleted schedule) is kept;
+- a *partial* backup (some collections or tables) is never one of the newest that ``keep_*`` and
+  ``min_keep`` count, so a one-off backup of one table cannot push a full backup out; only
+  ``max_age_days`` deletes it (without that rule it is kept);
+- a *pinned* backup is always kept. It still counts as a backup for ``keep_last`` and the
+  periods: pinning one keeps it, it does not make room for one more.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ class RetentionPolicy:
     keep_weekly: int | None = None
     keep_monthly: int | None = None
     min_keep: int = 1
+    include_manual: bool = False  # a schedule's policy also governs the target's manual backups
 
     @property
     def deletes_anything(self) -> bool:
@@ -55,8 +67,10 @@ class RetentionPolicy:
         data = dict(data or {})
         errors = [
             {"pointer": f"{pointer}/{key}", "detail": "unknown retention rule"}
-            for key in sorted(set(data) - {*_RULES, "min_keep"})
+            for key in sorted(set(data) - {*_RULES, "min_keep", "include_manual"})
         ]
+        if "include_manual" in data and not isinstance(data["include_manual"], bool):
+            errors.append({"pointer": f"{pointer}/include_manual", "detail": "must be true or false"})
         for key in (*_RULES, "min_keep"):
             value = data.get(key)
             if value is None:
@@ -75,6 +89,28 @@ class RetentionPolicy:
 class BackupRef:
     id: str
     created_at: datetime
+    schedule_id: str | None = None  # None: made by hand (POST /backups)
+    partial: bool = False
+    pinned: bool = False
+
+
+@dataclass(frozen=True)
+class ScopedPolicy:
+    """A policy with the backups it governs: those of schedule ``schedule_id`` (and the manual
+    ones when the policy includes them), or every backup of the target when ``schedule_id`` is None."""
+
+    policy: RetentionPolicy
+    schedule_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.policy.to_dict(), "schedule_id": self.schedule_id}
+
+    def governs(self, backup: BackupRef) -> bool:
+        if self.schedule_id is None:
+            return True
+        if backup.schedule_id is None:
+            return self.policy.include_manual
+        return backup.schedule_id == self.schedule_id
 
 
 @dataclass(frozen=True)
@@ -96,29 +132,47 @@ def newest_first(backups: Iterable[BackupRef]) -> list[BackupRef]:
     return sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True)
 
 
-def plan_retention(backups: Iterable[BackupRef], policies: Iterable[RetentionPolicy], now: datetime) -> list[RetentionDecision]:
-    """Decide for each backup, newest first. Several policies (e.g. two schedules of one
-    target) combine safely: a backup is kept when any of them keeps it."""
+def plan_retention(
+    backups: Iterable[BackupRef], policies: Iterable[RetentionPolicy | ScopedPolicy], now: datetime
+) -> list[RetentionDecision]:
+    """Decide for each backup, newest first. A bare :class:`RetentionPolicy` governs every
+    backup. Several policies (e.g. two schedules of one target) combine safely: a backup is
+    kept when any of them keeps it, and a backup none of them governs is kept."""
     ordered = newest_first(backups)
     reasons: dict[str, list[str]] = {b.id: [] for b in ordered}
-    policies = list(policies)
-    for policy in policies:
-        for backup in _kept_by(policy, ordered, now):
-            for reason in backup[1]:
-                if reason not in reasons[backup[0].id]:
-                    reasons[backup[0].id].append(reason)
-    if not any(p.deletes_anything for p in policies):
-        for backup in ordered:
-            reasons[backup.id].append("no deleting rule")
+
+    def keep(backup: BackupRef, reason: str) -> None:
+        if reason not in reasons[backup.id]:
+            reasons[backup.id].append(reason)
+
+    for backup in ordered:
+        if backup.pinned:
+            keep(backup, "pinned")
+    governed: set[str] = set()
+    for scoped in (p if isinstance(p, ScopedPolicy) else ScopedPolicy(p) for p in policies):
+        mine = [b for b in ordered if scoped.governs(b)]
+        governed.update(b.id for b in mine)
+        for backup, why in _kept_by(scoped.policy, mine, now):
+            for reason in why:
+                keep(backup, reason)
+    for backup in ordered:
+        if backup.id not in governed:
+            keep(backup, "no policy governs it")
     return [RetentionDecision(b, bool(reasons[b.id]), tuple(reasons[b.id])) for b in ordered]
 
 
-def _kept_by(policy: RetentionPolicy, ordered: list[BackupRef], now: datetime) -> list[tuple[BackupRef, list[str]]]:
+def _kept_by(policy: RetentionPolicy, governed: list[BackupRef], now: datetime) -> list[tuple[BackupRef, list[str]]]:
     kept: dict[str, tuple[BackupRef, list[str]]] = {}
 
     def keep(backup: BackupRef, reason: str) -> None:
         kept.setdefault(backup.id, (backup, []))[1].append(reason)
 
+    if not policy.deletes_anything:
+        for backup in governed:
+            keep(backup, "no deleting rule")
+        return list(kept.values())
+    # Only full backups are counted as "the newest N"; partial ones are deleted by age alone.
+    ordered = [b for b in governed if not b.partial]
     for backup in ordered[: policy.min_keep]:
         keep(backup, "min_keep")
     if policy.keep_last:
@@ -126,9 +180,13 @@ def _kept_by(policy: RetentionPolicy, ordered: list[BackupRef], now: datetime) -
             keep(backup, "keep_last")
     if policy.max_age_days is not None:
         cutoff = now - timedelta(days=policy.max_age_days)
-        for backup in ordered:
+        for backup in governed:
             if backup.created_at >= cutoff:
                 keep(backup, "max_age_days")
+    else:
+        for backup in governed:
+            if backup.partial:
+                keep(backup, "partial")
     for rule, period_of in _PERIODS.items():
         count = getattr(policy, rule)
         if not count:

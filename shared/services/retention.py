@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.core.errors import ConfigurationError, ValidationFailed
+from shared.core.errors import BackupNotFound, ConfigurationError, ValidationFailed
 from shared.core.logs import get_logger
 from shared.domain.backups import BackupManifest
 from shared.domain.jobs import Job, JobKind, parse_iso, utcnow
 from shared.domain.ports import JobRepository, ScheduleRepository, Storage
-from shared.domain.retention import BackupRef, RetentionDecision, RetentionPolicy, plan_retention
+from shared.domain.retention import BackupRef, RetentionDecision, RetentionPolicy, ScopedPolicy, plan_retention
 from shared.services.targets import TargetService
 
 log = get_logger(__name__)
@@ -40,14 +40,19 @@ class RetentionService:
                 except ValidationFailed as exc:
                     raise ConfigurationError(f"FLEXDB_TARGETS[{target.name!r}].retention: {exc.message}") from None
 
-    def policies_for(self, target_name: str) -> list[RetentionPolicy]:
-        """The target's own policy when it declares one, else those of its schedules."""
+    def policies_for(self, target_name: str) -> list[ScopedPolicy]:
+        """The target's own policy (governing all its backups) when it declares one, else those
+        of its schedules (each governing the backups its schedule made)."""
         target = self._targets.get(target_name)
         if target.retention is not None:
-            return [RetentionPolicy.from_dict(target.retention)]
-        return [s.retention for s in self._schedules.all() if s.target == target_name and s.retention is not None]
+            return [ScopedPolicy(RetentionPolicy.from_dict(target.retention))]
+        return [
+            ScopedPolicy(s.retention, schedule_id=s.id)
+            for s in self._schedules.all()
+            if s.target == target_name and s.retention is not None
+        ]
 
-    def plan(self, target_name: str, now: datetime | None = None) -> tuple[list[RetentionPolicy], list[RetentionDecision]]:
+    def plan(self, target_name: str, now: datetime | None = None) -> tuple[list[ScopedPolicy], list[RetentionDecision]]:
         policies = self.policies_for(target_name)
         backups = [self._ref(m) for m in self._storage.iter_manifests() if m.target == target_name]
         return policies, plan_retention(backups, policies, now or utcnow())
@@ -62,7 +67,7 @@ class RetentionService:
         job.start()
         deleted: list[dict[str, Any]] = []
         for decision in decisions:
-            if not decision.keep:
+            if not decision.keep and not self._pinned_since(decision.backup.id):
                 self._storage.delete(decision.backup.id)
                 deleted.append(decision.to_dict())
         job.succeed(
@@ -85,6 +90,19 @@ class RetentionService:
             log.info("retention.incomplete_removed", backup_ids=removed)
         return jobs
 
+    def _pinned_since(self, backup_id: str) -> bool:
+        """A pin that arrived after the plan was made still wins."""
+        try:
+            return self._storage.read_manifest(backup_id).pinned
+        except BackupNotFound:
+            return True  # already gone (or refused): nothing to delete
+
     @staticmethod
     def _ref(manifest: BackupManifest) -> BackupRef:
-        return BackupRef(manifest.id, parse_iso(manifest.created_at) or utcnow())
+        return BackupRef(
+            manifest.id,
+            parse_iso(manifest.created_at) or utcnow(),
+            schedule_id=manifest.schedule_id,
+            partial=manifest.partial,
+            pinned=manifest.pinned,
+        )
