@@ -48,6 +48,8 @@ def _flexdb_error(exc: FlexDBError) -> Response:
     headers = {"Retry-After": "5"} if exc.status == 503 else None
     if exc.status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="flexdb"'}
+    if exc.headers():
+        headers = {**(headers or {}), **exc.headers()}
     if exc.status >= 500:
         log.warning("request.failed", error_code=exc.code, error=exc.message)
     return problem_response(exc.status, exc.code, exc.title, exc.message, extra, headers)

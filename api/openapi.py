@@ -48,6 +48,8 @@ class Operation:
     headers: dict[str, str] = field(default_factory=dict)
     tag: str = "jobs"
     media_type: str = "application/json"
+    # The media type of a request body that is a file, not JSON (e.g. an archive to import).
+    raw_body: str | None = None
 
 
 def operation(**kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -62,7 +64,7 @@ def operation(**kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any
 
 
 _COMMON_ERRORS = {
-    400: "The body is not JSON (bad_request), or the HTTP request is malformed",
+    400: "The body is not JSON or nests deeper than FLEXDB_API_MAX_JSON_DEPTH (bad_request), or the HTTP request is malformed",
     405: "Method not allowed (method_not_allowed)",
     414: "The request line is longer than 4094 bytes (uri_too_long)",
     431: "The request headers are too many or too large (request_header_fields_too_large)",
@@ -158,6 +160,8 @@ def _operation(rule: Any, described: Operation) -> dict[str, Any]:
     }
     if described.body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": described.body}}}
+    elif described.raw_body is not None:
+        op["requestBody"] = {"required": True, "content": {described.raw_body: {"schema": {"type": "string", "format": "binary"}}}}
     # The token is optional server-side: either no credentials or a bearer token.
     op["security"] = [{}] if rule.endpoint in OPEN_ENDPOINTS else [{}, {"bearerToken": []}]
     return op

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
 from shared.core.settings import NAME_PATTERN
@@ -24,6 +27,36 @@ _database = validate.Regexp(DATABASE_NAME_PATTERN, error=f"must be {DATABASE_NAM
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON ``true``/``false`` only. marshmallow's Boolean also takes "yes", "on", "1" and 1 (and
+    ``1 in {True}`` holds in Python, so narrowing ``truthy`` is not enough)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if value is not True and value is not False:
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer only: marshmallow's Integer truncates 1.5 to 1 and takes "5"."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+
+class QueryInteger(fields.Integer):
+    """A query-string integer: the text is digits ("5"), never "1.5", "5_000", " 5" or "٥",
+    which Python's int() would take."""
+
+    def _validated(self, value: Any) -> int:
+        if not isinstance(value, str) or not _QUERY_INTEGER.fullmatch(value):
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
+_QUERY_INTEGER = re.compile(r"-?[0-9]+")
 
 
 _callback_url = validate.URL(schemes={"http", "https"}, require_tld=False, error="must be an http(s) URL")
@@ -54,7 +87,14 @@ class RestoreRequestSchema(CallbackFieldsSchema):
     database = fields.String(
         load_default=None, validate=_database, metadata={"description": "Another database on that server; created if missing"}
     )
-    drop = fields.Boolean(load_default=False, metadata={"description": "Replace existing objects"})
+    drop = StrictBoolean(load_default=False, metadata={"description": "Replace existing objects"})
+    allow_system_database = StrictBoolean(
+        load_default=False,
+        metadata={
+            "description": "Needed to restore into a server's own database (PostgreSQL postgres; MongoDB admin, "
+            "local, config). template0 and template1 are always refused (system_database_refused)."
+        },
+    )
     options = fields.Dict(keys=fields.String(), load_default=dict)
 
 
@@ -64,12 +104,12 @@ class ConnectionCheckSchema(StrictSchema):
 
 
 class PageQuerySchema(StrictSchema):
-    limit = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    limit = QueryInteger(load_default=None, validate=validate.Range(min=1))
     cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
 
 
 class JobGetQuerySchema(StrictSchema):
-    wait = fields.Integer(
+    wait = QueryInteger(
         load_default=0,
         validate=validate.Range(min=0, max=3600),
         metadata={"description": "Hold the request up to this many seconds until the status changes (capped by FLEXDB_WAIT_MAX_SECONDS)"},
@@ -136,6 +176,7 @@ class JobSchema(Schema):
     error = fields.Nested(JobErrorSchema, allow_none=True)
     callback = fields.Nested(CallbackStateSchema, allow_none=True)
     cancel_requested = fields.Boolean()
+    attempts = fields.Integer(metadata={"description": "How many times a worker started it (a backup whose worker died is retried)"})
     links = fields.Dict(keys=fields.String(), values=fields.String())
 
 
@@ -154,8 +195,29 @@ class BackupSchema(Schema):
     tool_version = fields.String(allow_none=True)
     server_version = fields.String(allow_none=True)
     job_id = fields.String(allow_none=True)
+    schedule_id = fields.String(allow_none=True, metadata={"description": "The schedule that made it; null for a manual backup"})
+    partial = fields.Boolean(metadata={"description": "Only some collections or tables (see scope); never counted by keep_* rules"})
+    scope = fields.Dict(metadata={"description": "The options that narrowed a partial backup; {} for a full one"})
+    pinned = fields.Boolean(metadata={"description": "Kept whatever retention says (PATCH /backups/<id>)"})
+    source = fields.String(metadata={"description": "backup (made by this service) or import (uploaded with POST /backups/import)"})
+    copies = fields.List(
+        fields.Dict(),
+        metadata={"description": "Other copies: [{storage: mirror, status: pending|copied|failed, at}] (FLEXDB_STORAGE_MIRROR_URL)"},
+    )
+    encryption = fields.Dict(
+        allow_none=True,
+        metadata={"description": "{algorithm, key_id} when stored encrypted (FLEXDB_ENCRYPTION_KEYS); null for plain"},
+    )
     details = fields.Dict()
     links = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class BackupImportQuerySchema(StrictSchema):
+    target = fields.String(required=True, validate=_name, metadata={"description": "The target the archive belongs to"})
+
+
+class BackupUpdateSchema(StrictSchema):
+    pinned = StrictBoolean(required=True, metadata={"description": "true: retention never deletes this backup"})
 
 
 class TargetSchema(Schema):
@@ -179,12 +241,15 @@ class ServerInfoSchema(Schema):
 
 
 class RetentionPolicySchema(StrictSchema):
-    keep_last = fields.Integer(allow_none=True, validate=validate.Range(min=0))
-    max_age_days = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=MAX_AGE_DAYS))
-    keep_daily = fields.Integer(allow_none=True, validate=validate.Range(min=0))
-    keep_weekly = fields.Integer(allow_none=True, validate=validate.Range(min=0))
-    keep_monthly = fields.Integer(allow_none=True, validate=validate.Range(min=0))
-    min_keep = fields.Integer(validate=validate.Range(min=1), metadata={"description": "Default 1"})
+    keep_last = StrictInteger(allow_none=True, validate=validate.Range(min=0))
+    max_age_days = StrictInteger(allow_none=True, validate=validate.Range(min=0, max=MAX_AGE_DAYS))
+    keep_daily = StrictInteger(allow_none=True, validate=validate.Range(min=0))
+    keep_weekly = StrictInteger(allow_none=True, validate=validate.Range(min=0))
+    keep_monthly = StrictInteger(allow_none=True, validate=validate.Range(min=0))
+    min_keep = StrictInteger(validate=validate.Range(min=1), metadata={"description": "Default 1"})
+    include_manual = StrictBoolean(
+        metadata={"description": "Default false: a schedule's policy governs only the backups that schedule made"}
+    )
 
 
 class ScheduleWriteSchema(StrictSchema):
@@ -193,14 +258,13 @@ class ScheduleWriteSchema(StrictSchema):
     target = fields.String(required=True, validate=_name)
     cron = fields.String(allow_none=True, metadata={"description": "5 fields: minute hour day-of-month month day-of-week"})
     # The minimum is FLEXDB_SCHEDULE_MIN_INTERVAL_SECONDS, checked by the schedule service.
-    interval_seconds = fields.Integer(
+    interval_seconds = StrictInteger(
         allow_none=True,
-        strict=True,
         validate=validate.Range(max=MAX_INTERVAL_SECONDS),
         metadata={"description": "At least FLEXDB_SCHEDULE_MIN_INTERVAL_SECONDS, at most 366 days"},
     )
     timezone = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": "IANA name, default UTC"})
-    enabled = fields.Boolean()
+    enabled = StrictBoolean()
     options = fields.Dict(keys=fields.String())
     retention = fields.Nested(RetentionPolicySchema, allow_none=True)
 

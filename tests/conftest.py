@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,24 +136,42 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_client: redis.Redis, m
             "options": {"exclude_collections": ["scratch"]},
         },
     }
+    try:
+        with running_stack(tmp, targets, REDIS_URL, worker_name=f"it-{suffix}") as running:
+            running.databases = databases
+            yield running
+    finally:
+        for name in databases.values():
+            drop_database(name)
+
+
+@contextmanager
+def running_stack(tmp: Path, targets: dict, redis_url: str, worker_name: str | None = None, **settings: str) -> Iterator[Stack]:
+    """A real Celery worker and the API under gunicorn, with these targets and settings, up
+    (the API answers and sees the worker) until the block ends."""
+    tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = service_env(tmp, targets, FLEXDB_API_PORT=str(port))
+    env = service_env(tmp, targets, redis_url=redis_url, FLEXDB_API_PORT=str(port), **settings)
     worker = ManagedProcess(
         "worker",
-        python_argv("-m", "celery", "-A", "worker.app", "worker", "--loglevel", "INFO", "--hostname", f"it-{suffix}@%h"),
+        python_argv(
+            "-m", "celery", "-A", "worker.app", "worker", "--loglevel", "INFO",
+            "--hostname", f"{worker_name or 'own-' + secrets.token_hex(3)}@%h",
+        ),  # fmt: skip
         env,
         tmp / "worker.log",
     )
     api = ManagedProcess(
-        "api", python_argv("-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--no-control-socket", "-w", "1", "--threads", "4", "api.wsgi:app"), env, tmp / "api.log"
+        "api",
+        python_argv("-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--no-control-socket", "-w", "1", "--threads", "4", "api.wsgi:app"),
+        env,
+        tmp / "api.log",
     )
     processes = [worker, api]
     client = ApiClient(f"http://127.0.0.1:{port}/api/v1")
     try:
         wait_for(lambda: client.get("/health").body["components"]["workers"]["ok"], 60, what="API and worker up")
-        yield Stack(client, env, tmp / "backups", processes, databases)
+        yield Stack(client, env, Path(env["FLEXDB_STORAGE_DIR"]), processes)
     finally:
         for process in processes:
             process.stop()
-        for name in databases.values():
-            drop_database(name)

@@ -26,6 +26,10 @@ class FlexDBError(Exception):
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message}
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the error's response carries besides the problem body (none by default)."""
+        return {}
+
 
 # --- 4xx: the request is wrong -------------------------------------------------------------
 
@@ -38,12 +42,22 @@ class ValidationFailed(FlexDBError):
         self.errors = errors or []
 
 
+class SystemDatabaseRefused(ValidationFailed):
+    code, title = "system_database_refused", "Restore into a system database refused"
+
+
 class BadRequest(FlexDBError):
     status, code, title = 400, "bad_request", "Bad request"
 
 
 class Unauthorized(FlexDBError):
     status, code, title = 401, "unauthorized", "Authentication required"
+
+
+class HostNotAllowed(FlexDBError):
+    """An ad-hoc connection check names a host outside FLEXDB_CHECK_ALLOWED_HOSTS."""
+
+    status, code, title = 403, "host_not_allowed", "Host not allowed"
 
 
 class NotFound(FlexDBError):
@@ -98,8 +112,43 @@ class TargetBusy(Conflict):
     code, title = "target_busy", "Target is busy"
 
 
+class BackupPinned(Conflict):
+    code, title = "backup_pinned", "Backup is pinned"
+
+
+class BackupInUse(Conflict):
+    """A queued or running restore reads the backup."""
+
+    code, title = "backup_in_use", "Backup is in use"
+
+
+class ArchiveTooLarge(FlexDBError):
+    """An uploaded archive is larger than FLEXDB_IMPORT_MAX_BYTES."""
+
+    status, code, title = 413, "archive_too_large", "Archive too large"
+
+
+class RangeNotSatisfiable(FlexDBError):
+    """A download's ``Range`` starts beyond the end of the archive."""
+
+    status, code, title = 416, "range_not_satisfiable", "Range not satisfiable"
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
+
+
 class EngineUnavailable(FlexDBError):
     status, code, title = 422, "engine_unavailable", "Engine unavailable"
+
+
+class EncryptionKeyMissing(FlexDBError):
+    """An encrypted archive names a key id that FLEXDB_ENCRYPTION_KEYS does not hold."""
+
+    status, code, title = 422, "encryption_key_missing", "Encryption key missing"
 
 
 # --- 5xx: a dependency or the job failed ----------------------------------------------------
@@ -119,6 +168,19 @@ class TargetUnreachable(FlexDBError):
 
 class AuthenticationFailed(FlexDBError):
     status, code, title = 502, "authentication_failed", "Authentication to the target failed"
+
+
+class DatabaseNotFound(FlexDBError):
+    """The server answers, but the database the target names does not exist there."""
+
+    status, code, title = 502, "database_not_found", "Database not found on the target"
+
+
+class TargetMisconfigured(ConfigurationError):
+    """A target's URI or options keep the driver from using it (an unreadable TLS file, a
+    statement_timeout that cancels every query...): the server may be fine, the target is not."""
+
+    status, code, title = 502, "target_misconfigured", "Target misconfigured"
 
 
 class ToolVersionMismatch(FlexDBError):
@@ -145,6 +207,12 @@ class ChecksumMismatch(ArchiveCorrupt):
 
 class StorageError(FlexDBError):
     status, code, title = 500, "storage_error", "Storage error"
+
+
+class StorageFull(StorageError):
+    """No space (or quota) left where backups are written; older backups are untouched."""
+
+    status, code, title = 507, "storage_full", "Storage full"
 
 
 class JobCancelled(FlexDBError):

@@ -7,6 +7,8 @@ their own with ``Settings.from_env({...})``. Every variable read here is listed 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
@@ -18,10 +20,21 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from shared.core.errors import ConfigurationError
-from shared.core.redaction import mask_uri, register_secret
+from shared.core.hosts import HostAllowList
+from shared.core.redaction import mask_uri, register_secret, uri_secrets
 
 ENV_PREFIX = "FLEXDB_"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# The FLEXDB_CALLBACK_SECRET value .env.example ships with: public, so it must never sign.
+CALLBACK_SECRET_PLACEHOLDER = "change-me-to-a-long-random-string"
+GENERATE_SECRET_HINT = 'python -c "import secrets; print(secrets.token_hex(32))"'
+# AES-256 takes a 32-byte key.
+ENCRYPTION_KEY_BYTES = 32
+# Also the largest chunk a reader accepts, so a damaged header cannot make it allocate gigabytes.
+ENCRYPTION_CHUNK_BYTES_MAX = 64 * 2**20
+GENERATE_KEY_HINT = (
+    'python -c "import base64, os; print(\'k1:\' + base64.b64encode(os.urandom(32)).decode())"'
+)
 T = TypeVar("T")
 
 
@@ -43,9 +56,24 @@ class Target:
 
 
 @dataclass(frozen=True)
+class EncryptionKey:
+    """One entry of FLEXDB_ENCRYPTION_KEYS: the id archives name, and the 32-byte key (never shown)."""
+
+    key_id: str
+    key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     storage_dir: Path = Path("./var/backups")
+    # Where backups go: file:///path or s3://bucket/prefix; empty means the folder above.
+    storage_url: str = ""
+    # A second place every backup is copied to after it completes (empty: no mirror).
+    storage_mirror_url: str = ""
+    # A copy to the mirror that fails is tried again with backoff, up to these limits.
+    mirror_max_attempts: int = 8
+    mirror_backoff_max_seconds: int = 600
     targets: Mapping[str, Target] = field(default_factory=dict)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -60,10 +88,28 @@ class Settings:
     broker_visibility_timeout: int = 7200
     worker_concurrency: int = 2
     worker_heartbeat_seconds: int = 10
-    lock_wait_seconds: int = 0
+    # How long a job waits in line for a busy target before it fails with target_busy.
+    lock_wait_seconds: int = 3600
+    # A target lease lapses this long after its worker stops renewing it (a dead worker).
+    lease_seconds: float = 30.0
+    # Attempts of a backup whose worker died (a restore is never replayed: it fails worker_lost).
+    job_max_attempts: int = 3
+    # Warm shutdown: running jobs get this long to finish, then go back to the queue.
+    shutdown_grace_seconds: int = 15
+    # How long a worker keeps trying to record a job's outcome while Redis does not answer.
+    redis_retry_seconds: int = 300
     job_ttl_seconds: int = 30 * 24 * 3600
     connect_timeout_seconds: int = 5
+    # Hosts POST /connections/check may connect to; empty means the hosts of the targets.
+    check_allowed_hosts: HostAllowList = field(default_factory=HostAllowList)
+    # How long /health reuses a target's last check instead of connecting again.
+    health_cache_seconds: float = 10.0
     stream_chunk_bytes: int = 1024 * 1024
+    # Client-side encryption: the first key encrypts new archives, every key decrypts (rotation).
+    # Empty: archives are stored unencrypted.
+    encryption_keys: tuple[EncryptionKey, ...] = field(default=(), repr=False)
+    # Plaintext bytes per authenticated chunk: what a reader or writer holds in memory at once.
+    encryption_chunk_bytes: int = 1024 * 1024
     page_size_default: int = 20
     page_size_max: int = 100
     pg_bin_dir: str = ""
@@ -72,22 +118,33 @@ class Settings:
     retry_after_seconds: int = 2
     trusted_proxies: int = 0
     api_max_body_bytes: int = 1024 * 1024
+    # The largest archive POST /backups/import takes (that route only; others keep api_max_body_bytes).
+    import_max_bytes: int = 50 * 2**30
     api_timeout_seconds: int = 60
+    # Deeper JSON bodies are refused before anything walks them recursively.
+    api_max_json_depth: int = 32
     # The service's address as clients reach it (absolute links in callbacks); empty means
     # http://<FLEXDB_API_HOST>:<FLEXDB_API_PORT>.
     public_url: str = ""
     # When set, every API route but GET /api/v1/health needs "Authorization: Bearer <token>".
     api_token: str = field(default="", repr=False)
     wait_max_seconds: int = 30
+    # Requests of one API process that may be held by ?wait=N at once; 0 = half its threads.
+    wait_max_concurrent: int = 0
     idempotency_ttl_seconds: int = 24 * 3600
     callback_secret: str = field(default="", repr=False)
     callback_timeout_seconds: int = 10
+    # Empty: any host but the never-contacted ones (link-local, cloud metadata).
+    callback_allowed_hosts: HostAllowList = field(default_factory=HostAllowList)
     # The first attempt waits this long: a workflow engine (n8n) answers 409 to a resume that
     # arrives before it has parked the execution, and 409 is final.
     callback_delay_seconds: float = 2.0
     callback_max_attempts: int = 8
     callback_backoff_max_seconds: int = 600
-    stop_grace_seconds: int = 10
+    # make run: how long its children get to stop (more than the worker's shutdown grace).
+    stop_grace_seconds: int = 30
+    # make run: a child that exits is started again after 1 s, doubling up to this.
+    restart_backoff_max_seconds: int = 30
     flower_host: str = "127.0.0.1"
     flower_port: int = 5555
     # MongoDB: gzip by default so the official `mongorestore --archive --gzip` reads our files.
@@ -95,6 +152,19 @@ class Settings:
     mongo_batch_bytes: int = 8 * 1024 * 1024
     # Documents per read batch of a dump; the server caps a batch at 16 MiB whatever this says.
     mongo_read_batch_docs: int = 1000
+
+    # S3-compatible storage (an s3://bucket/prefix storage URL). An empty endpoint means AWS.
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    # Both empty: boto3's own credential chain (AWS_* variables, profile, instance role).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = field(default="", repr=False)
+    # path: MinIO, Ceph RGW and most self-hosted servers; virtual: AWS, R2, B2; auto: botocore decides.
+    s3_addressing: str = "auto"
+    # Memory one upload holds; S3 allows 10,000 parts, so this also caps a blob at 10,000 x it.
+    s3_part_bytes: int = 8 * 2**20
+    # Attempts per S3 request (transient errors, throttling) before the job fails.
+    s3_max_attempts: int = 5
 
     # Schedules declared by the deployment (validated by the schedule service at start).
     schedules: tuple[Mapping[str, Any], ...] = ()
@@ -113,6 +183,12 @@ class Settings:
         values = dict(
             redis_url=reader.get("REDIS_URL", cls.redis_url, _redis_url),
             storage_dir=reader.get("STORAGE_DIR", cls.storage_dir, Path),
+            storage_url=reader.get("STORAGE_URL", cls.storage_url, _storage_url),
+            storage_mirror_url=reader.get("STORAGE_MIRROR_URL", cls.storage_mirror_url, _storage_url),
+            mirror_max_attempts=reader.get("MIRROR_MAX_ATTEMPTS", cls.mirror_max_attempts, _int_in(1, 50)),
+            mirror_backoff_max_seconds=reader.get(
+                "MIRROR_BACKOFF_MAX_SECONDS", cls.mirror_backoff_max_seconds, _int_in(1, 24 * 3600)
+            ),
             api_host=reader.get("API_HOST", cls.api_host, _non_empty),
             api_port=reader.get("API_PORT", cls.api_port, _int_in(1, 65535)),
             api_workers=reader.get("API_WORKERS", cls.api_workers, _int_in(1, 64)),
@@ -128,12 +204,26 @@ class Settings:
             worker_heartbeat_seconds=reader.get(
                 "WORKER_HEARTBEAT_SECONDS", cls.worker_heartbeat_seconds, _int_in(1, 3600)
             ),
-            lock_wait_seconds=reader.get("LOCK_WAIT_SECONDS", cls.lock_wait_seconds, _int_in(0, 10**6)),
+            lock_wait_seconds=reader.get("LOCK_WAIT_SECONDS", cls.lock_wait_seconds, _int_in(0, 10**7)),
+            lease_seconds=reader.get("LEASE_SECONDS", cls.lease_seconds, _float_in(1.0, 600.0)),
+            job_max_attempts=reader.get("JOB_MAX_ATTEMPTS", cls.job_max_attempts, _int_in(1, 20)),
+            shutdown_grace_seconds=reader.get(
+                "SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, _int_in(0, 24 * 3600)
+            ),
+            redis_retry_seconds=reader.get("REDIS_RETRY_SECONDS", cls.redis_retry_seconds, _int_in(0, 24 * 3600)),
             job_ttl_seconds=reader.get("JOB_TTL_SECONDS", cls.job_ttl_seconds, _int_in(60, 10**9)),
             connect_timeout_seconds=reader.get(
                 "CONNECT_TIMEOUT_SECONDS", cls.connect_timeout_seconds, _int_in(1, 300)
             ),
+            check_allowed_hosts=reader.get("CHECK_ALLOWED_HOSTS", HostAllowList(), HostAllowList.parse),
+            health_cache_seconds=reader.get(
+                "HEALTH_CACHE_SECONDS", cls.health_cache_seconds, _float_in(0.0, 3600.0)
+            ),
             stream_chunk_bytes=reader.get("STREAM_CHUNK_BYTES", cls.stream_chunk_bytes, _int_in(4096, 64 * 2**20)),
+            encryption_keys=reader.get("ENCRYPTION_KEYS", (), _encryption_keys),
+            encryption_chunk_bytes=reader.get(
+                "ENCRYPTION_CHUNK_BYTES", cls.encryption_chunk_bytes, _int_in(4096, ENCRYPTION_CHUNK_BYTES_MAX)
+            ),
             page_size_default=reader.get("PAGE_SIZE_DEFAULT", cls.page_size_default, _int_in(1, 1000)),
             page_size_max=reader.get("PAGE_SIZE_MAX", cls.page_size_max, _int_in(1, 1000)),
             pg_bin_dir=reader.get("PG_BIN_DIR", cls.pg_bin_dir, str),
@@ -144,15 +234,22 @@ class Settings:
             retry_after_seconds=reader.get("RETRY_AFTER_SECONDS", cls.retry_after_seconds, _int_in(1, 3600)),
             trusted_proxies=reader.get("TRUSTED_PROXIES", cls.trusted_proxies, _int_in(0, 10)),
             api_max_body_bytes=reader.get("API_MAX_BODY_BYTES", cls.api_max_body_bytes, _int_in(1024, 64 * 2**20)),
+            import_max_bytes=reader.get("IMPORT_MAX_BYTES", cls.import_max_bytes, _int_in(1024, 2**50)),
             api_timeout_seconds=reader.get("API_TIMEOUT_SECONDS", cls.api_timeout_seconds, _int_in(1, 24 * 3600)),
+            api_max_json_depth=reader.get("API_MAX_JSON_DEPTH", cls.api_max_json_depth, _int_in(2, 200)),
             stop_grace_seconds=reader.get("STOP_GRACE_SECONDS", cls.stop_grace_seconds, _int_in(1, 3600)),
+            restart_backoff_max_seconds=reader.get(
+                "RESTART_BACKOFF_MAX_SECONDS", cls.restart_backoff_max_seconds, _int_in(1, 3600)
+            ),
             public_url=reader.get("PUBLIC_URL", cls.public_url, _http_url),
             api_token=reader.get("API_TOKEN", cls.api_token, str),
             wait_max_seconds=reader.get("WAIT_MAX_SECONDS", cls.wait_max_seconds, _int_in(0, 600)),
+            wait_max_concurrent=reader.get("WAIT_MAX_CONCURRENT", cls.wait_max_concurrent, _int_in(0, 4096)),
             idempotency_ttl_seconds=reader.get(
                 "IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_seconds, _int_in(60, 30 * 24 * 3600)
             ),
-            callback_secret=reader.get("CALLBACK_SECRET", cls.callback_secret, str),
+            callback_secret=reader.get("CALLBACK_SECRET", cls.callback_secret, _callback_secret),
+            callback_allowed_hosts=reader.get("CALLBACK_ALLOWED_HOSTS", HostAllowList(), HostAllowList.parse),
             callback_timeout_seconds=reader.get("CALLBACK_TIMEOUT_SECONDS", cls.callback_timeout_seconds, _int_in(1, 300)),
             callback_delay_seconds=reader.get("CALLBACK_DELAY_SECONDS", cls.callback_delay_seconds, _float_in(0.0, 600.0)),
             callback_max_attempts=reader.get("CALLBACK_MAX_ATTEMPTS", cls.callback_max_attempts, _int_in(1, 50)),
@@ -164,6 +261,14 @@ class Settings:
             mongo_compression=reader.get("MONGO_COMPRESSION", cls.mongo_compression, _choice("gzip", "zstd", "none")),
             mongo_batch_bytes=reader.get("MONGO_BATCH_BYTES", cls.mongo_batch_bytes, _int_in(64 * 1024, 48 * 2**20)),
             mongo_read_batch_docs=reader.get("MONGO_READ_BATCH_DOCS", cls.mongo_read_batch_docs, _int_in(0, 10**6)),
+            s3_endpoint_url=reader.get("S3_ENDPOINT_URL", cls.s3_endpoint_url, _s3_endpoint_url),
+            s3_region=reader.get("S3_REGION", cls.s3_region, _non_empty),
+            s3_access_key_id=reader.get("S3_ACCESS_KEY_ID", cls.s3_access_key_id, str),
+            s3_secret_access_key=reader.get("S3_SECRET_ACCESS_KEY", cls.s3_secret_access_key, str),
+            s3_addressing=reader.get("S3_ADDRESSING", cls.s3_addressing, _choice("auto", "path", "virtual")),
+            # S3 refuses parts under 5 MiB (but the last) and over 5 GiB.
+            s3_part_bytes=reader.get("S3_PART_BYTES", cls.s3_part_bytes, _int_in(5 * 2**20, 5 * 2**30)),
+            s3_max_attempts=reader.get("S3_MAX_ATTEMPTS", cls.s3_max_attempts, _int_in(1, 20)),
             schedules=reader.json_list("SCHEDULES"),
             schedule_min_interval_seconds=reader.get(
                 "SCHEDULE_MIN_INTERVAL_SECONDS", cls.schedule_min_interval_seconds, _int_in(1, 10**7)
@@ -186,15 +291,34 @@ class Settings:
                     f"{ENV_PREFIX}BROKER_VISIBILITY_TIMEOUT ({values['broker_visibility_timeout']}), "
                     "or Redis redelivers long jobs to a second worker"
                 )
+            if values["shutdown_grace_seconds"] >= values["stop_grace_seconds"]:
+                reader.errors.append(
+                    f"{ENV_PREFIX}SHUTDOWN_GRACE_SECONDS ({values['shutdown_grace_seconds']}) must be below "
+                    f"{ENV_PREFIX}STOP_GRACE_SECONDS ({values['stop_grace_seconds']}), or jobs are killed before "
+                    "they are handed back"
+                )
             if values["page_size_default"] > values["page_size_max"]:
                 reader.errors.append(f"{ENV_PREFIX}PAGE_SIZE_DEFAULT must not exceed {ENV_PREFIX}PAGE_SIZE_MAX")
+            if values["wait_max_concurrent"] >= values["api_threads"]:
+                reader.errors.append(
+                    f"{ENV_PREFIX}WAIT_MAX_CONCURRENT ({values['wait_max_concurrent']}) must be below "
+                    f"{ENV_PREFIX}API_THREADS ({values['api_threads']}), or long-polls can hold every thread "
+                    "and the other routes wait behind them"
+                )
         if reader.errors:
             raise ConfigurationError("Invalid settings: " + "; ".join(reader.errors))
         for target in values["targets"].values():
-            register_secret(urlsplit(target.uri).password)
+            for secret in uri_secrets(target.uri):
+                register_secret(secret)
         register_secret(values["callback_secret"])
         register_secret(values["api_token"])
+        register_secret(values["s3_secret_access_key"])
         return cls(**values)
+
+    @property
+    def effective_storage_url(self) -> str:
+        """FLEXDB_STORAGE_URL, or the folder FLEXDB_STORAGE_DIR as a file:// URL."""
+        return self.storage_url or self.storage_dir.resolve().as_uri()
 
     @property
     def base_url(self) -> str:
@@ -205,8 +329,13 @@ class Settings:
         return f"http://{host}:{self.api_port}"
 
     @property
-    def lock_ttl_seconds(self) -> int:
-        """A target lock outlives the longest possible task, so a killed worker frees it."""
+    def wait_slots(self) -> int:
+        """How many long-polls one API process holds at once (the rest answer at once)."""
+        return self.wait_max_concurrent or max(1, self.api_threads // 2)
+
+    @property
+    def task_max_seconds(self) -> int:
+        """No attempt runs longer: what nobody has written to for longer is a dead attempt's."""
         return self.task_time_limit + 60
 
 
@@ -298,6 +427,73 @@ def _http_url(raw: str) -> str:
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise ValueError("must be an http(s) URL such as https://backups.example.com")
     return raw.rstrip("/")
+
+
+def _s3_endpoint_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an http(s) URL such as http://127.0.0.1:9000 (empty for AWS S3)")
+    if parts.username or parts.password:
+        # Said without echoing the URL: it holds a credential.
+        raise ValueError("must not hold credentials; use FLEXDB_S3_ACCESS_KEY_ID and FLEXDB_S3_SECRET_ACCESS_KEY")
+    return raw.rstrip("/")
+
+
+def _callback_secret(raw: str) -> str:
+    if raw == CALLBACK_SECRET_PLACEHOLDER:
+        raise ValueError(
+            "still the placeholder from .env.example, which anyone can read and so could sign callbacks; "
+            f"generate a secret with {GENERATE_SECRET_HINT} (or leave it empty to turn callbacks off)"
+        )
+    return raw
+
+
+def _encryption_keys(raw: str) -> tuple[EncryptionKey, ...]:
+    """Parse ``id:base64key,...``. Problems name an entry by its id (or its position when the id
+    itself is unusable), never by its key text."""
+    keys: list[EncryptionKey] = []
+    problems: list[str] = []
+    for position, entry in enumerate((part.strip() for part in raw.split(",")), start=1):
+        if not entry:  # a trailing comma
+            continue
+        key_id, colon, key_text = entry.partition(":")
+        key_id, key_text = key_id.strip(), key_text.strip()
+        # Masked before any check, so even a malformed key never reaches a log line.
+        register_secret(key_text if colon else entry)
+        if not colon:
+            problems.append(f"entry {position} is not id:base64key")
+            continue
+        if not key_id:
+            problems.append(f"entry {position} has an empty key id")
+            continue
+        if not NAME_PATTERN.fullmatch(key_id):
+            problems.append(f"entry {position}: a key id uses 1-64 letters, digits, '_' or '-'")
+            continue
+        try:
+            key = base64.b64decode(key_text, validate=True)
+        except (binascii.Error, ValueError):
+            problems.append(f"key {key_id!r} is not valid base64")
+            continue
+        if len(key) != ENCRYPTION_KEY_BYTES:
+            problems.append(f"key {key_id!r} is {len(key)} bytes, AES-256 needs {ENCRYPTION_KEY_BYTES}")
+            continue
+        if any(known.key_id == key_id for known in keys):
+            problems.append(f"key id {key_id!r} appears more than once")
+            continue
+        register_secret(base64.b64encode(key).decode("ascii"))
+        keys.append(EncryptionKey(key_id, key))
+    if problems:
+        raise ValueError("; ".join(problems) + f" (generate a key with {GENERATE_KEY_HINT})")
+    return tuple(keys)
+
+
+def _storage_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme == "file" and parts.path:
+        return raw
+    if parts.scheme == "s3" and parts.hostname:
+        return raw
+    raise ValueError("must be file:///absolute/folder or s3://bucket/optional/prefix")
 
 
 def _redis_url(raw: str) -> str:

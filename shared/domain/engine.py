@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, ClassVar
 
-from shared.core.errors import ChecksumMismatch, ValidationFailed
+from shared.core.errors import ArchiveCorrupt, BackupNotFound, ChecksumMismatch, SystemDatabaseRefused, ValidationFailed
 from shared.core.logs import get_logger
+from shared.core.redaction import redact
 from shared.core.settings import Settings, Target
 from shared.domain.backups import BackupManifest
 from shared.domain.jobs import iso_utc
 from shared.domain.ports import Storage
 from shared.domain.progress import ProgressTracker
-from shared.domain.streams import HashingWriter, sha256_of
+from shared.domain.streams import HashingReader, HashingWriter
 
 log = get_logger(__name__)
 
@@ -32,6 +33,15 @@ class ServerInfo:
     version: str
     latency_ms: float
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectionAddress:
+    """Where a URI makes the driver connect, as the driver itself reads it."""
+
+    hosts: tuple[str, ...]  # host names and IP addresses (IPv6 without brackets)
+    sockets: tuple[str, ...]  # local socket paths
+    options: Mapping[str, str]  # query options; names lower-cased where the driver ignores case
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,20 @@ class DumpResult:
     server_version: str | None = None
     tool_version: str | None = None  # when the engine learned it while dumping
     details: dict[str, Any] = field(default_factory=dict)
+    # The options that made it a subset of the target (e.g. {"collections": [...]}); {} = all of it.
+    scope: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImportedArchive:
+    """What an engine found in an uploaded archive it accepts (for the archive's manifest)."""
+
+    archive_format: str
+    compression: str | None = None
+    database: str | None = None
+    server_version: str | None = None
+    tool_version: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class BackupEngine(ABC):
@@ -58,6 +82,14 @@ class BackupEngine(ABC):
     archive_format: ClassVar[str]
     archive_name: ClassVar[str]
     compression: ClassVar[str | None] = None
+    # The server's own databases. A restore never writes into ``forbidden_databases`` and into
+    # ``system_databases`` only when the request says "allow_system_database": true.
+    forbidden_databases: ClassVar[frozenset[str]] = frozenset()
+    system_databases: ClassVar[frozenset[str]] = frozenset()
+    # The query options an ad-hoc URI (POST /connections/check) may carry: lower-case name ->
+    # the values allowed (None: any). Every other option may change where or how the driver
+    # connects (another host, a socket, a local file), so it is refused.
+    adhoc_uri_options: ClassVar[Mapping[str, frozenset[str] | None]] = {}
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -77,6 +109,46 @@ class BackupEngine(ABC):
                 errors=[{"pointer": f"/options/{key}", "detail": "unknown option"} for key in sorted(options)],
             )
         return {}
+
+    @classmethod
+    def restore_destination(cls, target: Target, manifest: BackupManifest, database: str | None) -> str | None:
+        """The database a restore of ``manifest`` writes into when the request names ``database``
+        (None: the target's own), or None when it keeps the archive's own names."""
+        return database
+
+    @classmethod
+    def check_restore_destination(
+        cls, target: Target, manifest: BackupManifest, database: str | None, allow_system_database: bool
+    ) -> None:
+        """Refuse, at submit, a restore into one of the server's own databases."""
+        destination = cls.restore_destination(target, manifest, database)
+        if destination is None:
+            return
+        pointer = "/database" if database else "/target"
+        where = f"database {destination!r}" + ("" if database else f" (the own database of target {target.name!r})")
+        errors = [{"pointer": pointer, "detail": f"{destination} is a {cls.name} system database"}]
+        if destination in cls.forbidden_databases:
+            raise SystemDatabaseRefused(
+                f"A restore into {where} is never allowed: it is a {cls.name} system database that must stay "
+                "as it is (a template is copied into every database created later). Choose another database.",
+                errors=errors,
+            )
+        if destination in cls.system_databases and not allow_system_database:
+            raise SystemDatabaseRefused(
+                f"A restore into {where} needs \"allow_system_database\": true: it is a {cls.name} system "
+                "database. Or choose another database.",
+                errors=errors,
+            )
+
+    @classmethod
+    def connection_address(cls, uri: str) -> ConnectionAddress:
+        """Parse ``uri`` as the driver will, without connecting or reading any file; raise
+        ValidationFailed (pointer /uri) for a URI the driver would refuse or that cannot be
+        checked before connecting (e.g. hosts found through DNS SRV records)."""
+        raise ValidationFailed(
+            f"The {cls.name} engine takes no ad-hoc connections.",
+            errors=[{"pointer": "/uri", "detail": f"the {cls.name} engine takes no ad-hoc connections"}],
+        )
 
     # ----------------------------------------------------------------- hooks
 
@@ -101,8 +173,13 @@ class BackupEngine(ABC):
         ``options`` are the job's, already checked by :meth:`validate_options`."""
 
     @abstractmethod
-    def prepare_restore(self, target: Target, manifest: BackupManifest, request: RestoreRequest) -> None:
-        """Make the destination ready (create a database, refuse a non-empty one...)."""
+    def prepare_restore(self, target: Target, manifest: BackupManifest, request: RestoreRequest) -> list[str]:
+        """Make the destination ready (create a database, refuse a non-empty one...). Return the
+        databases that did not exist before and that this restore creates (now, or while loading)."""
+
+    def drop_database(self, target: Target, database: str) -> None:
+        """Drop a database this restore created (called only for those :meth:`prepare_restore`
+        returned). Default: nothing to drop."""
 
     @abstractmethod
     def load(
@@ -118,6 +195,17 @@ class BackupEngine(ABC):
     def verify_archive(self, archive: BinaryIO, manifest: BackupManifest, progress: ProgressTracker) -> None:
         """Engine-specific structural check after the checksum (default: none)."""
 
+    def import_archive_name(self, head: bytes) -> str:
+        """The file name an uploaded archive is stored under, from its first bytes (at least the
+        first few, unless the upload is shorter). Default: the name of this engine's own archives."""
+        return self.archive_name
+
+    def inspect_import(self, open_archive: Callable[[], BinaryIO]) -> ImportedArchive:
+        """Read an uploaded archive (``open_archive()`` opens it from its start, as often as the
+        check needs) and tell whether this engine can restore it: raise ArchiveCorrupt with the
+        reason when it cannot. Default: this engine imports nothing."""
+        raise ArchiveCorrupt(f"The {self.name} engine does not import archives made elsewhere.")
+
     # ----------------------------------------------------------------- template methods
 
     def backup(
@@ -128,6 +216,7 @@ class BackupEngine(ABC):
         job_id: str,
         progress: ProgressTracker,
         options: Mapping[str, Any] | None = None,
+        schedule_id: str | None = None,
     ) -> BackupManifest:
         started_wall, started = datetime.now(timezone.utc), time.monotonic()
         progress.stage("connecting")
@@ -154,6 +243,10 @@ class BackupEngine(ABC):
             server_version=result.server_version or server.version,
             compression=self.compression,
             details=result.details,
+            schedule_id=schedule_id,
+            partial=bool(result.scope),
+            scope=result.scope,
+            encryption=sink.encryption,
         )
         try:
             storage.write_manifest(manifest)
@@ -164,19 +257,31 @@ class BackupEngine(ABC):
         return manifest
 
     def verify(self, storage: Storage, manifest: BackupManifest, progress: ProgressTracker) -> None:
-        """Checksum and size against the manifest, then the engine's own structural check."""
+        """Checksum and size against the manifest, and the engine's own structural check, in
+        one read of the archive. A damaged archive is reported as a checksum mismatch whenever
+        the checksum says so, whichever check noticed first."""
         progress.stage("verifying", bytes_total=manifest.size_bytes)
         with storage.open_archive(manifest) as archive:
-            digest, size = sha256_of(archive, self.settings.stream_chunk_bytes, progress)
+            reader = HashingReader(archive, progress)
+            try:
+                self.verify_archive(reader, manifest, progress)  # type: ignore[arg-type]
+            except ArchiveCorrupt as exc:
+                reader.drain(self.settings.stream_chunk_bytes)
+                self._check_checksum(manifest, reader)
+                raise exc
+            reader.drain(self.settings.stream_chunk_bytes)
+        self._check_checksum(manifest, reader)
+        log.info("archive.verified", backup_id=manifest.id, size_bytes=reader.size)
+
+    @staticmethod
+    def _check_checksum(manifest: BackupManifest, reader: HashingReader) -> None:
+        digest, size = reader.sha256, reader.size
         if digest != manifest.sha256 or size != manifest.size_bytes:
             raise ChecksumMismatch(
                 f"Backup {manifest.id} does not match its manifest (sha256 {digest[:12]}..., {size} bytes; "
                 f"expected {manifest.sha256[:12]}..., {manifest.size_bytes} bytes). The archive is damaged; "
                 "restore another backup."
             )
-        with storage.open_archive(manifest) as archive:
-            self.verify_archive(archive, manifest, progress)
-        log.info("archive.verified", backup_id=manifest.id, size_bytes=size)
 
     def restore(
         self,
@@ -186,12 +291,39 @@ class BackupEngine(ABC):
         request: RestoreRequest,
         progress: ProgressTracker,
     ) -> dict[str, Any]:
-        self.verify(storage, manifest, progress)
+        source = self._verified_copy(storage, manifest, progress)
         progress.stage("connecting")
         self.probe(target)
-        self.prepare_restore(target, manifest, request)
+        created = self.prepare_restore(target, manifest, request) or []
         progress.stage("restoring", bytes_total=manifest.size_bytes)
-        with storage.open_archive(manifest) as archive:
-            details = self.load(target, archive, manifest, request, progress)
+        try:
+            with source.open_archive(manifest) as archive:
+                details = self.load(target, archive, manifest, request, progress)
+        except BaseException:
+            # A failed (or cancelled) restore leaves no half-filled database it made itself behind;
+            # a database that existed before is never dropped.
+            self._drop_created(target, created)
+            raise
         progress.flush()
         return details
+
+    def _verified_copy(self, storage: Storage, manifest: BackupManifest, progress: ProgressTracker) -> Storage:
+        """The first copy of the archive that verifies: the primary, else a mirror."""
+        copies = storage.copies()
+        for number, copy in enumerate(copies, start=1):
+            try:
+                self.verify(copy, manifest, progress)
+                return copy
+            except (BackupNotFound, ArchiveCorrupt) as exc:
+                if number == len(copies):
+                    raise
+                log.warning("restore.copy_unusable", backup_id=manifest.id, copy=copy.describe(), error=exc.message)
+        raise BackupNotFound(f"Backup {manifest.id} has no copy to read.")  # no copies at all
+
+    def _drop_created(self, target: Target, databases: list[str]) -> None:
+        for database in databases:
+            try:
+                self.drop_database(target, database)
+                log.info("restore.created_database_dropped", database=database)
+            except Exception as exc:  # noqa: BLE001 - the restore's own error is the one to report
+                log.warning("restore.created_database_not_dropped", database=database, error=redact(str(exc)))

@@ -1,5 +1,8 @@
-"""Where archives live."""
+"""Where archives live: one catalog (:mod:`shared.storage.catalog`) over a blob store chosen
+by the URL in ``FLEXDB_STORAGE_URL``."""
 
-from shared.storage.local import LocalStorage
+from shared.storage.catalog import BlobCatalog
+from shared.storage.local import LocalBlobStore, LocalStorage
+from shared.storage.memory import MemoryBlobStore
 
-__all__ = ["LocalStorage"]
+__all__ = ["BlobCatalog", "LocalBlobStore", "LocalStorage", "MemoryBlobStore"]

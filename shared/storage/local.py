@@ -1,25 +1,40 @@
-"""Local folder storage: ``<root>/<backup_id>/<archive>`` plus ``manifest.json``.
+"""Blobs in a local folder: key ``<folder>/<name>`` is the file ``<root>/<folder>/<name>``.
 
-Archives are written as ``<name>.part``, fsynced and renamed into place; the manifest is
-written last (itself via a temporary file and rename), so a listed backup is always complete.
+A blob is written as ``<name>.part``, fsynced and renamed into place, so a reader never sees
+half of it. A key maps only to the real path under the root: no ``..``, no absolute path, no
+symlink on the way (a planted link cannot make the service read or list a foreign file). A full
+disk (or quota) is reported as :class:`StorageFull` wherever it shows (write, fsync, rename),
+and what the failed write left is removed.
 """
 
 from __future__ import annotations
 
-import json
+import errno
+import glob
 import os
-import shutil
-import time
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.core.errors import BackupNotFound, StorageError
-from shared.domain.backups import BackupManifest, validate_backup_id
-from shared.domain.ports import ArchiveSink, Storage
+from shared.core.errors import StorageError, StorageFull
+from shared.domain.ports import ArchiveSink, BlobInfo, BlobMissing, BlobStore
+from shared.storage.catalog import MANIFEST, BlobCatalog
 
-MANIFEST = "manifest.json"
+__all__ = ["MANIFEST", "LocalBlobStore", "LocalStorage"]
+
 PART_SUFFIX = ".part"
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _storage_failure(exc: OSError, root: Path, doing: str) -> StorageError:
+    """The storage error a user can act on: a full disk is its own code."""
+    if exc.errno in _NO_SPACE:
+        return StorageFull(
+            f"No space left in the storage folder {root} while {doing} ({exc.strerror}). The partial "
+            "archive was removed and older backups are intact; free space or delete old backups, then retry."
+        )
+    return StorageError(f"Cannot write to the storage folder {root} while {doing}: {exc.strerror}.")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -30,25 +45,37 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class _LocalSink(ArchiveSink):
-    def __init__(self, final: Path) -> None:
+class _LocalWriter(ArchiveSink):
+    def __init__(self, final: Path, root: Path, doing: str) -> None:
         self._final = final
-        self._part = final.with_name(final.name + PART_SUFFIX)
+        self._root = root
+        self._doing = doing
+        # A name of its own per write: two writers of one key (a pin and an unpin) never share it.
+        self._part = final.with_name(f"{final.name}.{secrets.token_hex(4)}{PART_SUFFIX}")
         self._file = self._part.open("wb")
 
     def write(self, data: bytes) -> int:
-        return self._file.write(data)
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            raise _storage_failure(exc, self._root, f"writing the {self._doing}") from None
 
     def commit(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._part, self._final)
-        _fsync_dir(self._final.parent)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())  # a filesystem that allocates late says ENOSPC only here
+            self._file.close()
+            os.replace(self._part, self._final)
+            _fsync_dir(self._final.parent)
+        except OSError as exc:
+            raise _storage_failure(exc, self._root, f"saving the {self._doing}") from None
 
     def abort(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # closing flushes the buffer, which fails again on a full disk; the fd is closed
         self._part.unlink(missing_ok=True)
         try:
             self._final.parent.rmdir()  # only if nothing else is in it
@@ -56,80 +83,83 @@ class _LocalSink(ArchiveSink):
             pass
 
 
-class LocalStorage(Storage):
+class LocalBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
 
-    def _dir(self, backup_id: str) -> Path:
-        path = (self.root / validate_backup_id(backup_id)).resolve()
-        if path.parent != self.root:
-            raise BackupNotFound(f"No backup with id {backup_id!r}.")
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not all(part and part not in {".", ".."} and "\\" not in part for part in parts):
+            raise BlobMissing(key)
+        return self.root.joinpath(*parts)
+
+    def _real(self, key: str) -> Path:
+        """The path of ``key``, which must exist and be the path itself (no link on the way)."""
+        path = self._path(key)
+        try:
+            if path.resolve(strict=True) != path or not path.is_file():
+                raise BlobMissing(key)
+        except OSError:
+            raise BlobMissing(key) from None
         return path
 
-    def open_sink(self, backup_id: str, name: str) -> ArchiveSink:
-        directory = self._dir(backup_id)
+    def writer(self, key: str) -> ArchiveSink:
+        path = self._path(key)
+        doing = "manifest" if path.name == "manifest.json" else "archive"
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            return _LocalSink(directory / name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent.resolve() != path.parent:
+                raise StorageError(f"The storage folder for {key!r} is a link; refusing to write through it.")
+            return _LocalWriter(path, self.root, doing)
         except OSError as exc:
-            raise StorageError(f"Cannot write to the storage folder {self.root}: {exc.strerror}.") from None
+            raise _storage_failure(exc, self.root, f"starting the {doing}") from None
 
-    def open_archive(self, manifest: BackupManifest) -> BinaryIO:
-        path = self._dir(manifest.id) / manifest.archive_name
-        try:
-            return path.open("rb")
-        except FileNotFoundError:
-            raise BackupNotFound(f"Backup {manifest.id} has a manifest but its archive is missing.") from None
+    def open(self, key: str, start: int = 0, length: int | None = None) -> BinaryIO:
+        path = self._real(key)
+        handle = path.open("rb")
+        if start:
+            handle.seek(start)
+        if length is None:
+            return handle
+        return _Limited(handle, length)
 
-    def write_manifest(self, manifest: BackupManifest) -> None:
-        directory = self._dir(manifest.id)
-        tmp = directory / (MANIFEST + PART_SUFFIX)
-        with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(manifest.to_dict(), handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, directory / MANIFEST)
-        _fsync_dir(directory)
-
-    def read_manifest(self, backup_id: str) -> BackupManifest:
-        path = self._dir(backup_id) / MANIFEST
-        try:
-            return BackupManifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise BackupNotFound(f"No backup with id {backup_id!r}.") from None
-        except (ValueError, TypeError) as exc:
-            raise StorageError(f"The manifest of backup {backup_id} is unreadable: {exc}") from None
-
-    def iter_manifests(self, before_id: str | None = None) -> Iterator[BackupManifest]:
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         if not self.root.is_dir():
             return
-        names = sorted((entry.name for entry in os.scandir(self.root) if entry.is_dir()), reverse=True)
-        for name in names:
-            if before_id is not None and name >= before_id:
+        for folder in os.scandir(self.root):
+            # A symlinked folder is not ours to list (it may lead anywhere).
+            if not folder.is_dir(follow_symlinks=False):
+                continue
+            if not (folder.name + "/").startswith(prefix) and not prefix.startswith(folder.name + "/"):
                 continue
             try:
-                yield self.read_manifest(name)
-            except (BackupNotFound, StorageError):
-                continue  # incomplete or foreign folder: not a backup
-
-    def delete(self, backup_id: str) -> None:
-        directory = self._dir(backup_id)
-        (directory / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(directory, ignore_errors=True)
-
-    def remove_incomplete(self, older_than_seconds: float) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        cutoff = time.time() - older_than_seconds
-        removed = []
-        for entry in os.scandir(self.root):
-            if not entry.is_dir() or (Path(entry.path) / MANIFEST).exists():
+                entries = list(os.scandir(folder.path))
+            except OSError:
                 continue
-            newest = max([entry.stat().st_mtime, *(f.stat().st_mtime for f in os.scandir(entry.path))])
-            if newest < cutoff:  # nothing written for that long: no attempt is still running
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(entry.name)
-        return sorted(removed)
+            for entry in entries:
+                key = f"{folder.name}/{entry.name}"
+                if key.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                    stat = entry.stat(follow_symlinks=False)
+                    yield BlobInfo(key, stat.st_size, stat.st_mtime)
+
+    def stat(self, key: str) -> BlobInfo | None:
+        try:
+            stat = self._real(key).stat()
+        except (BlobMissing, OSError):
+            return None
+        return BlobInfo(key, stat.st_size, stat.st_mtime)
+
+    def delete(self, key: str) -> None:
+        try:
+            path = self._path(key)
+        except BlobMissing:
+            return
+        for candidate in (path, *path.parent.glob(glob.escape(path.name) + ".*" + PART_SUFFIX)):
+            candidate.unlink(missing_ok=True)
+        try:
+            path.parent.rmdir()  # the backup's folder, once it is empty
+        except OSError:
+            pass
 
     def describe(self) -> str:
         return str(self.root)
@@ -142,3 +172,36 @@ class LocalStorage(Storage):
         if not os.access(self.root, os.W_OK):
             return "the storage folder is not writable by this process"
         return None
+
+
+class _Limited:
+    """At most ``remaining`` bytes of a file: a byte range."""
+
+    def __init__(self, handle: BinaryIO, remaining: int) -> None:
+        self._handle = handle
+        self._remaining = remaining
+
+    def read(self, size: int = -1) -> bytes:
+        if self._remaining <= 0:
+            return b""
+        size = self._remaining if size < 0 else min(size, self._remaining)
+        data = self._handle.read(size)
+        self._remaining -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> _Limited:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalStorage(BlobCatalog):
+    """The catalog over a local folder: what ``file://`` storage URLs give."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(LocalBlobStore(root))
+        self.root = self.blobs.root

@@ -26,7 +26,9 @@ the examples"):
   example escapes the test.
 
 Each command runs through ``bash`` exactly as written (quoting, variables and here-documents as
-a reader's shell sees them), with the variables in its environment. A private ``.curlrc``
+a reader's shell sees them), with the variables in its environment, in a folder of the run's
+own: a file one example writes (``curl -o orders.dump``) is there for a later one to send
+(``--data-binary @orders.dump``). A private ``.curlrc``
 (``CURL_HOME``) adds ``--write-out`` and ``--dump-header``, so the status and headers are known
 without changing the command.
 """
@@ -417,6 +419,7 @@ class DocRunner:
             proc = subprocess.run(
                 ["bash", "-c", self.rewrite(command.text)],
                 env=env,
+                cwd=self.workdir,  # files an example writes (curl -o) or sends (@file) are its own
                 capture_output=True,
                 text=True,
                 timeout=30,
