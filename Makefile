@@ -19,8 +19,12 @@ venv: $(STAMP) ## create .venv and install everything
 run: $(STAMP) ## run API + worker + beat locally (Ctrl-C stops all); RUN_ARGS=--no-beat or --flower
 	@exec $(PY) -m scripts.run_stack $(RUN_ARGS)
 
-test: $(STAMP) ## run the whole test suite (starts the servers it needs)
-	@exec $(PY) -m pytest $(PYTEST_ARGS)
+# Coverage of the code the suite runs in its own process (the API, worker and beat it starts as
+# processes of their own are measured by what they answer, not here).
+COVERAGE := --cov=api --cov=shared --cov=worker --cov=scripts --cov-report=term:skip-covered
+
+test: $(STAMP) ## run the whole test suite (starts the servers it needs) and print coverage
+	@exec $(PY) -m pytest $(COVERAGE) $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## only the fast unit tests
 	@exec $(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -10,12 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from shared.core.errors import ArchiveCorrupt, ArchiveTooLarge, BackupInUse, BackupPinned, RangeNotSatisfiable
-from shared.core.settings import Settings, Target
+from shared.core.settings import EncryptionKey, Settings, Target
 from shared.domain.backups import BackupManifest
 from shared.domain.jobs import Job, JobKind, JobStatus, Page
 from shared.domain.ranges import ByteRange
 from shared.services.catalog import BackupCatalog
 from shared.storage import BlobCatalog, MemoryBlobStore
+from shared.storage.crypto import Keyring
 
 ARCHIVE = bytes(range(256)) * 40  # 10240 bytes
 
@@ -87,12 +88,23 @@ def test_a_download_reads_only_the_range_asked_for() -> None:
     assert (part.partial, part.start, part.length, part.stream.read()) == (True, len(ARCHIVE) - 100, 100, ARCHIVE[-100:])
 
 
-def test_a_storage_without_ranged_reads_still_serves_a_range() -> None:
-    storage = BlobCatalog(MemoryBlobStore())
-    manifest = stored(storage)
-    plain = SimpleNamespace(open_archive=lambda m: io.BufferedReader(io.BytesIO(ARCHIVE)))  # any Storage port
-    catalog = BackupCatalog(plain)  # type: ignore[arg-type]
+def test_a_range_of_an_encrypted_archive_is_served_decrypted() -> None:
+    """An encrypted archive cannot be opened at an offset: the catalog decrypts and skips."""
+    key = EncryptionKey("k1", bytes(range(32)))
+    storage = BlobCatalog(MemoryBlobStore(), Keyring([key]), chunk_bytes=4096)
+    with storage.open_sink("b1", "archive.bin") as sink:
+        sink.write(ARCHIVE)
+        sink.commit()
+        encryption = sink.encryption
+    manifest = BackupManifest(
+        id="b1", target="t", engine="demo", format="demo", archive_name="archive.bin", created_at="x",
+        finished_at="x", duration_seconds=0.0, size_bytes=len(ARCHIVE), sha256=hashlib.sha256(ARCHIVE).hexdigest(),
+        encryption=encryption,
+    )  # fmt: skip
+    storage.write_manifest(manifest)
+    catalog = BackupCatalog(storage)
 
+    assert ARCHIVE[5000:5010] not in storage.blobs.open("b1/archive.bin").read()
     assert catalog.open_content(manifest, 5000, 10).read() == ARCHIVE[5000:5010]
     assert catalog.open_content(manifest, 10230).read() == ARCHIVE[10230:]
 
