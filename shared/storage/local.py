@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from shared.core.errors import StorageError, StorageFull
 from shared.domain.ports import ArchiveSink, BlobInfo, BlobMissing, BlobStore
+from shared.domain.streams import Window
 from shared.storage.catalog import MANIFEST, BlobCatalog
 
 __all__ = ["MANIFEST", "LocalBlobStore", "LocalStorage"]
@@ -115,13 +116,10 @@ class LocalBlobStore(BlobStore):
             raise _storage_failure(exc, self.root, f"starting the {doing}") from None
 
     def open(self, key: str, start: int = 0, length: int | None = None) -> BinaryIO:
-        path = self._real(key)
-        handle = path.open("rb")
-        if start:
-            handle.seek(start)
-        if length is None:
+        handle = self._real(key).open("rb")
+        if start == 0 and length is None:
             return handle
-        return _Limited(handle, length)
+        return Window(handle, start, length, 0)  # type: ignore[return-value]  # a file seeks to start
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         if not self.root.is_dir():
@@ -172,31 +170,6 @@ class LocalBlobStore(BlobStore):
         if not os.access(self.root, os.W_OK):
             return "the storage folder is not writable by this process"
         return None
-
-
-class _Limited:
-    """At most ``remaining`` bytes of a file: a byte range."""
-
-    def __init__(self, handle: BinaryIO, remaining: int) -> None:
-        self._handle = handle
-        self._remaining = remaining
-
-    def read(self, size: int = -1) -> bytes:
-        if self._remaining <= 0:
-            return b""
-        size = self._remaining if size < 0 else min(size, self._remaining)
-        data = self._handle.read(size)
-        self._remaining -= len(data)
-        return data
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> _Limited:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class LocalStorage(BlobCatalog):

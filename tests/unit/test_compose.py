@@ -344,7 +344,10 @@ def test_the_api_image_runs_the_make_run_command_on_the_default_port() -> None:
     assert "FLEXDB_API_HOST=0.0.0.0" in env
     runs = " ".join(args for key, args in _instructions(path) if key in {"RUN", "COPY"})
     assert "requirements/api.txt" in runs
-    assert "worker.txt" not in runs and "postgresql-client" not in runs, "the API image has no dump tools"
+    assert "worker.txt" not in runs, "the API image has no worker code"
+    # pg_restore checks imported pg_dump files, of the same major as the worker's tools.
+    assert "postgresql-client-${PG_MAJOR}" in runs
+    assert _dockerfile_arg(path, "PG_MAJOR") == _dockerfile_arg(REPO / "Dockerfile.worker", "PG_MAJOR")
 
 
 def test_the_worker_image_runs_the_make_run_worker_command_with_the_tools() -> None:
