@@ -1,6 +1,7 @@
-"""Backups in S3-compatible storage, end to end: the API and a real worker write to a real S3
-HTTP endpoint on 127.0.0.1 (moto in server mode: no S3 service can be had here), and a backup
-made by one worker restores through another whose local disk never saw it."""
+"""Backups in either storage backend, end to end, from the same tests: a local folder, and a
+real S3 HTTP endpoint on 127.0.0.1 (moto in server mode: no S3 service can be had here). The
+PostgreSQL and MongoDB round trips run on both; with S3, a backup made by one worker restores
+through another whose local disk never saw it."""
 
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ def run(stack: Stack, path: str, body: dict) -> dict:
     return job
 
 
-def test_backups_in_a_bucket_round_trip_and_restore_through_another_worker(
-    tmp_path: Path, own_redis_url: str, s3_endpoint: str, mongo_server: MongoTestServer
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_backups_round_trip_and_restore_through_another_worker(
+    backend: str, tmp_path: Path, own_redis_url: str, s3_endpoint: str, mongo_server: MongoTestServer
 ) -> None:
     suffix = secrets.token_hex(4)
     pg_source, pg_copy = f"flexdb_s3_{suffix}", f"flexdb_s3_{suffix}_copy"
@@ -60,20 +62,25 @@ def test_backups_in_a_bucket_round_trip_and_restore_through_another_worker(
         "mongo": {"engine": "mongodb", "uri": mongo_server.uri(mongo_source)},
     }
     bucket = create_bucket(s3_endpoint)
-    settings = s3_settings(s3_endpoint, bucket)
+    shared_folder = tmp_path / "shared-folder"
+    settings = s3_settings(s3_endpoint, bucket) if backend == "s3" else {"FLEXDB_STORAGE_URL": shared_folder.as_uri()}
     try:
         first_disk = tmp_path / "first-disk"
         with running_stack(tmp_path / "first", targets, own_redis_url, FLEXDB_STORAGE_DIR=str(first_disk), **settings) as first:
             health = first.api.get("/health").body["components"]["storage"]
-            assert health["ok"] is True and health["location"].startswith(f"s3://{bucket}/backups")
+            where = f"s3://{bucket}/backups" if backend == "s3" else str(shared_folder)
+            assert health["ok"] is True and health["location"].startswith(where)
             pg_backup = run(first, "/backups", {"target": "pg"})["backup_id"]
             mongo_backup = run(first, "/backups", {"target": "mongo"})["backup_id"]
         assert not first_disk.exists() or not any(first_disk.iterdir()), "nothing on the first worker's disk"
-        keys = {o["Key"] for o in s3_client(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
-        assert {f"backups/{pg_backup}/manifest.json", f"backups/{mongo_backup}/manifest.json"} <= keys
+        if backend == "s3":
+            keys = {o["Key"] for o in s3_client(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+            assert {f"backups/{pg_backup}/manifest.json", f"backups/{mongo_backup}/manifest.json"} <= keys
+        else:
+            assert (shared_folder / pg_backup / "manifest.json").is_file()
         shutil.rmtree(tmp_path / "first", ignore_errors=True)
 
-        # Another worker and API, another disk, the same bucket: they see both backups and restore them.
+        # Another worker and API, another disk, the same storage: they see both backups and restore them.
         with running_stack(tmp_path / "second", targets, own_redis_url, FLEXDB_STORAGE_DIR=str(tmp_path / "second-disk"), **settings) as second:
             listed = {b["id"] for b in second.api.get("/backups").body["items"]}
             assert {pg_backup, mongo_backup} <= listed
