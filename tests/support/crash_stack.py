@@ -102,12 +102,16 @@ class PrivateStack:
     def wait_job(self, job_id: str, timeout: float = 60) -> dict:
         return self.api.wait_job(f"/api/v1/jobs/{job_id}", timeout)
 
-    def wait_dumping(self, job_id: str, attempts: int = 1, timeout: float = 30) -> dict:
-        return wait_for(
-            lambda: (job := self.job(job_id))["progress"]["stage"] == "dumping" and job["attempts"] == attempts and job,
-            timeout,
-            what=f"attempt {attempts} of job {job_id} dumping",
-        )
+    def wait_dumping(self, job_id: str, attempts: int = 1, timeout: float = 60) -> dict:
+        try:
+            return wait_for(
+                lambda: (job := self.job(job_id))["progress"]["stage"] == "dumping" and job["attempts"] == attempts and job,
+                timeout,
+                what=f"attempt {attempts} of job {job_id} dumping",
+            )
+        except TimeoutError as exc:
+            holder = self.redis.get("flexdb:lease:pg")
+            raise TimeoutError(f"{exc}; the job: {self.job(job_id)}; the lease: {holder}; workers: {self.redis.keys('flexdb:worker:*')}") from None
 
     def lease_pid(self) -> int:
         """The process running the job that holds the target (from the lease's owner)."""
