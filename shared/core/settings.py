@@ -87,6 +87,11 @@ class Settings:
     task_time_limit: int = 3600
     broker_visibility_timeout: int = 7200
     worker_concurrency: int = 2
+    # glibc malloc in the worker: arenas (0: glibc's 8 per CPU, each keeping its freed memory) and
+    # the size from which a block gets its own mapping, given back when freed (0: glibc's moving
+    # threshold, which grows with the largest buffer seen and keeps later ones on the heap).
+    worker_malloc_arenas: int = 2
+    worker_mmap_threshold_bytes: int = 256 * 1024
     worker_heartbeat_seconds: int = 10
     # How long a job waits in line for a busy target before it fails with target_busy.
     lock_wait_seconds: int = 3600
@@ -147,11 +152,31 @@ class Settings:
     restart_backoff_max_seconds: int = 30
     flower_host: str = "127.0.0.1"
     flower_port: int = 5555
-    # MongoDB: gzip by default so the official `mongorestore --archive --gzip` reads our files.
-    mongo_compression: str = "gzip"
+    # How archives are compressed in the stream to storage (a backup's options.compression wins).
+    compression: str = "zstd"
+    # zstd level 3 with long-distance matching: smaller than pg_dump -Fc's zlib in under a third
+    # of its time on two cores (docs/setup.md, "Compression").
+    zstd_level: int = 3
+    # Compression threads per backup; 0 = one per CPU of the worker.
+    zstd_threads: int = 0
+    # Long-distance matching window (log2 bytes, as `zstd --long=N`); 0 = off.
+    zstd_long: int = 24
+    gzip_level: int = 6
+    # MongoDB's own default codec when set (older deployments); empty: FLEXDB_COMPRESSION.
+    mongo_compression: str = ""
+    # MongoDB's zstd long window (as FLEXDB_ZSTD_LONG): 22 (4 MiB) makes its archives 1-2 % larger
+    # than 24 and saves the worker ~13 MiB, which a dump holding big documents needs.
+    mongo_zstd_long: int = 22
+    # PostgreSQL directory-format backups: most pg_dump/pg_restore jobs one backup may ask for,
+    # and the local folder their files pass through (needs the database's uncompressed dump size).
+    pg_max_jobs: int = 8
+    scratch_dir: Path = Path("./var/scratch")
     mongo_batch_bytes: int = 8 * 1024 * 1024
     # Documents per read batch of a dump; the server caps a batch at 16 MiB whatever this says.
     mongo_read_batch_docs: int = 1000
+    # Collections a dump reads, and a restore inserts into, at the same time (threads). They
+    # share FLEXDB_MONGO_BATCH_BYTES and FLEXDB_MONGO_READ_BATCH_DOCS, so memory stays the same.
+    mongo_parallel_collections: int = 2
 
     # S3-compatible storage (an s3://bucket/prefix storage URL). An empty endpoint means AWS.
     s3_endpoint_url: str = ""
@@ -201,6 +226,10 @@ class Settings:
                 "BROKER_VISIBILITY_TIMEOUT", cls.broker_visibility_timeout, _int_in(1, 10**7)
             ),
             worker_concurrency=reader.get("WORKER_CONCURRENCY", cls.worker_concurrency, _int_in(1, 64)),
+            worker_malloc_arenas=reader.get("WORKER_MALLOC_ARENAS", cls.worker_malloc_arenas, _int_in(0, 1024)),
+            worker_mmap_threshold_bytes=reader.get(
+                "WORKER_MMAP_THRESHOLD_BYTES", cls.worker_mmap_threshold_bytes, _int_in(0, 32 * 2**20)
+            ),
             worker_heartbeat_seconds=reader.get(
                 "WORKER_HEARTBEAT_SECONDS", cls.worker_heartbeat_seconds, _int_in(1, 3600)
             ),
@@ -258,9 +287,21 @@ class Settings:
             ),
             flower_host=reader.get("FLOWER_HOST", cls.flower_host, _non_empty),
             flower_port=reader.get("FLOWER_PORT", cls.flower_port, _int_in(1, 65535)),
+            compression=reader.get("COMPRESSION", cls.compression, _choice("zstd", "gzip", "none")),
+            zstd_level=reader.get("ZSTD_LEVEL", cls.zstd_level, _int_in(1, 19)),
+            zstd_threads=reader.get("ZSTD_THREADS", cls.zstd_threads, _int_in(0, 256)),
+            # 27 at most: what `zstd -d` and the restore's decoder read without raising their limit
+            zstd_long=reader.get("ZSTD_LONG", cls.zstd_long, _zstd_long),
+            mongo_zstd_long=reader.get("MONGO_ZSTD_LONG", cls.mongo_zstd_long, _zstd_long),
+            gzip_level=reader.get("GZIP_LEVEL", cls.gzip_level, _int_in(1, 9)),
             mongo_compression=reader.get("MONGO_COMPRESSION", cls.mongo_compression, _choice("gzip", "zstd", "none")),
+            pg_max_jobs=reader.get("PG_MAX_JOBS", cls.pg_max_jobs, _int_in(1, 64)),
+            scratch_dir=reader.get("SCRATCH_DIR", cls.scratch_dir, Path),
             mongo_batch_bytes=reader.get("MONGO_BATCH_BYTES", cls.mongo_batch_bytes, _int_in(64 * 1024, 48 * 2**20)),
             mongo_read_batch_docs=reader.get("MONGO_READ_BATCH_DOCS", cls.mongo_read_batch_docs, _int_in(0, 10**6)),
+            mongo_parallel_collections=reader.get(
+                "MONGO_PARALLEL_COLLECTIONS", cls.mongo_parallel_collections, _int_in(1, 64)
+            ),
             s3_endpoint_url=reader.get("S3_ENDPOINT_URL", cls.s3_endpoint_url, _s3_endpoint_url),
             s3_region=reader.get("S3_REGION", cls.s3_region, _non_empty),
             s3_access_key_id=reader.get("S3_ACCESS_KEY_ID", cls.s3_access_key_id, str),
@@ -522,6 +563,13 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 
 def _float_in(low: float, high: float) -> Callable[[str], float]:
     return _number_in(float, low, high)
+
+
+def _zstd_long(raw: str) -> int:
+    value = _int_in(0, 27)(raw)
+    if 0 < value < 10:
+        raise ValueError(f"{value} is not 0 (off) or a window of 10..27")
+    return value
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:

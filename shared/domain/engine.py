@@ -4,6 +4,10 @@
 ``dump``, ``prepare_restore``, ``load``). The workflow guarantees what every engine must: a
 backup becomes visible only once the archive is complete, checksummed and its manifest is
 written; a restore touches the database only after the archive's checksum verifies.
+
+Compression is the workflow's, not the engines': a dump writes plain bytes into the codec the
+backup's ``compression`` option (or the settings) chose, and a load reads plain bytes decoded by
+the codec its manifest names. The checksum is always of the bytes in storage.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from shared.core.logs import get_logger
 from shared.core.redaction import redact
 from shared.core.settings import Settings, Target
 from shared.domain.backups import BackupManifest
+from shared.domain.codecs import CODEC_NAMES, StreamCodec, codec_from_settings, detect_codec, stored_codec
 from shared.domain.jobs import iso_utc
 from shared.domain.ports import Storage
 from shared.domain.progress import ProgressTracker
-from shared.domain.streams import HashingReader, HashingWriter
+from shared.domain.streams import CountingReader, HashingReader, HashingWriter
 
 log = get_logger(__name__)
+# Options the workflow itself takes, for every engine; engines never see them.
+WORKFLOW_OPTIONS: Mapping[str, frozenset[str]] = {"backup": frozenset({"compression"}), "restore": frozenset()}
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,6 @@ class ImportedArchive:
     """What an engine found in an uploaded archive it accepts (for the archive's manifest)."""
 
     archive_format: str
-    compression: str | None = None
     database: str | None = None
     server_version: str | None = None
     tool_version: str | None = None
@@ -80,8 +86,8 @@ class ImportedArchive:
 class BackupEngine(ABC):
     name: ClassVar[str]
     archive_format: ClassVar[str]
+    # The archive's file name before the codec's extension (".zst", ".gz", "").
     archive_name: ClassVar[str]
-    compression: ClassVar[str | None] = None
     # The server's own databases. A restore never writes into ``forbidden_databases`` and into
     # ``system_databases`` only when the request says "allow_system_database": true.
     forbidden_databases: ClassVar[frozenset[str]] = frozenset()
@@ -100,9 +106,38 @@ class BackupEngine(ABC):
         return None
 
     @classmethod
-    def validate_options(cls, kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    def validate_options(
+        cls, kind: str, options: Mapping[str, Any], settings: Settings | None = None
+    ) -> dict[str, Any]:
         """Check a backup's or restore's ``options`` at submit time (``kind`` is "backup" or
-        "restore") and return them normalised. Default: this engine takes none."""
+        "restore") and return them normalised: the workflow's own (``compression``) here, for
+        every engine, the rest by :meth:`validate_engine_options`. Every problem is reported."""
+        own = WORKFLOW_OPTIONS[kind]
+        clean: dict[str, Any] = {}
+        errors: list[dict[str, str]] = []
+        if "compression" in options and "compression" in own:
+            if options["compression"] in CODEC_NAMES:
+                clean["compression"] = options["compression"]
+            else:
+                errors.append({"pointer": "/options/compression", "detail": f"must be one of {', '.join(CODEC_NAMES)}"})
+        rest = {key: value for key, value in options.items() if key not in own}
+        try:
+            clean.update(cls.validate_engine_options(kind, rest, settings))
+        except ValidationFailed as exc:
+            if not errors:
+                raise
+            errors = list(exc.errors or []) + errors
+        if errors:
+            raise ValidationFailed(
+                f"Invalid {kind} options: " + "; ".join(f"{e['pointer']}: {e['detail']}" for e in errors), errors=errors
+            )
+        return clean
+
+    @classmethod
+    def validate_engine_options(
+        cls, kind: str, options: Mapping[str, Any], settings: Settings | None = None
+    ) -> dict[str, Any]:
+        """The engine's own options (``settings`` bound some, when given). Default: none."""
         if options:
             raise ValidationFailed(
                 f"The {cls.name} engine takes no {kind} options; remove {', '.join(sorted(options))}.",
@@ -164,13 +199,14 @@ class BackupEngine(ABC):
     def dump(
         self,
         target: Target,
-        sink: HashingWriter,
+        sink: BinaryIO,
         progress: ProgressTracker,
         server: ServerInfo,
         options: Mapping[str, Any],
     ) -> DumpResult:
-        """Stream the archive into ``sink``; raise DumpFailed (or a more specific error).
-        ``options`` are the job's, already checked by :meth:`validate_options`."""
+        """Stream the plain archive into ``sink`` (the workflow compresses and checksums it);
+        raise DumpFailed (or a more specific error). ``options`` are the job's engine options,
+        already checked by :meth:`validate_engine_options`."""
 
     @abstractmethod
     def prepare_restore(self, target: Target, manifest: BackupManifest, request: RestoreRequest) -> list[str]:
@@ -195,15 +231,34 @@ class BackupEngine(ABC):
     def verify_archive(self, archive: BinaryIO, manifest: BackupManifest, progress: ProgressTracker) -> None:
         """Engine-specific structural check after the checksum (default: none)."""
 
+    def archive_kind(self, options: Mapping[str, Any]) -> tuple[str, str]:
+        """(format, file name before the codec's extension) of a backup with these options."""
+        return self.archive_format, self.archive_name
+
+    @property
+    def default_compression(self) -> str:
+        """The codec of a backup that names none."""
+        return self.settings.compression
+
+    @property
+    def codec_settings(self) -> Settings:
+        """The settings that tune the codec of this engine's backups (default: the service's)."""
+        return self.settings
+
+    def import_codec(self, head: bytes) -> StreamCodec:
+        """The codec an uploaded archive was compressed with, told by its first bytes (at least
+        the first few, unless the upload is shorter): what a download of our own backups, or
+        ``zstd``/``gzip`` by hand, wrapped around the engine's archive."""
+        return codec_from_settings(detect_codec(head), self.settings)
+
     def import_archive_name(self, head: bytes) -> str:
-        """The file name an uploaded archive is stored under, from its first bytes (at least the
-        first few, unless the upload is shorter). Default: the name of this engine's own archives."""
-        return self.archive_name
+        """The file name an uploaded archive is stored under: this engine's, with its codec's extension."""
+        return self.archive_name + self.import_codec(head).extension
 
     def inspect_import(self, open_archive: Callable[[], BinaryIO]) -> ImportedArchive:
-        """Read an uploaded archive (``open_archive()`` opens it from its start, as often as the
-        check needs) and tell whether this engine can restore it: raise ArchiveCorrupt with the
-        reason when it cannot. Default: this engine imports nothing."""
+        """Read an uploaded archive (``open_archive()`` opens it from its start, decompressed, as
+        often as the check needs) and tell whether this engine can restore it: raise
+        ArchiveCorrupt with the reason when it cannot. Default: this engine imports nothing."""
         raise ArchiveCorrupt(f"The {self.name} engine does not import archives made elsewhere.")
 
     # ----------------------------------------------------------------- template methods
@@ -219,19 +274,26 @@ class BackupEngine(ABC):
         schedule_id: str | None = None,
     ) -> BackupManifest:
         started_wall, started = datetime.now(timezone.utc), time.monotonic()
+        options = dict(options or {})
+        codec = codec_from_settings(options.get("compression") or self.default_compression, self.codec_settings)
+        engine_options = {key: value for key, value in options.items() if key not in WORKFLOW_OPTIONS["backup"]}
+        archive_format, base_name = self.archive_kind(engine_options)
+        archive_name = base_name + codec.extension
         progress.stage("connecting")
         server = self.probe(target)
         progress.stage("dumping")
-        with storage.open_sink(backup_id, self.archive_name) as sink:
-            hashing = HashingWriter(sink, progress)
-            result = self.dump(target, hashing, progress, server, options or {})
+        with storage.open_sink(backup_id, archive_name) as sink:
+            hashing = HashingWriter(sink, progress)  # the checksum is of the stored bytes
+            compressed = codec.writer(hashing)
+            result = self.dump(target, compressed, progress, server, engine_options)
+            compressed.close()  # the codec's trailer; the sink stays open until committed
             sink.commit()
         manifest = BackupManifest(
             id=backup_id,
             target=target.name,
             engine=self.name,
-            format=self.archive_format,
-            archive_name=self.archive_name,
+            format=archive_format,
+            archive_name=archive_name,
             created_at=iso_utc(started_wall),
             finished_at=iso_utc(datetime.now(timezone.utc)),
             duration_seconds=round(time.monotonic() - started, 3),
@@ -241,7 +303,7 @@ class BackupEngine(ABC):
             job_id=job_id,
             tool_version=result.tool_version or self.tool_version(),
             server_version=result.server_version or server.version,
-            compression=self.compression,
+            compression=codec.name,
             details=result.details,
             schedule_id=schedule_id,
             partial=bool(result.scope),
@@ -261,10 +323,12 @@ class BackupEngine(ABC):
         one read of the archive. A damaged archive is reported as a checksum mismatch whenever
         the checksum says so, whichever check noticed first."""
         progress.stage("verifying", bytes_total=manifest.size_bytes)
+        codec = self._stored_codec(manifest)
         with storage.open_archive(manifest) as archive:
             reader = HashingReader(archive, progress)
             try:
-                self.verify_archive(reader, manifest, progress)  # type: ignore[arg-type]
+                with codec.reader(reader) as plain:
+                    self.verify_archive(plain, manifest, progress)
             except ArchiveCorrupt as exc:
                 reader.drain(self.settings.stream_chunk_bytes)
                 self._check_checksum(manifest, reader)
@@ -296,9 +360,10 @@ class BackupEngine(ABC):
         self.probe(target)
         created = self.prepare_restore(target, manifest, request) or []
         progress.stage("restoring", bytes_total=manifest.size_bytes)
+        codec = self._stored_codec(manifest)
         try:
-            with source.open_archive(manifest) as archive:
-                details = self.load(target, archive, manifest, request, progress)
+            with source.open_archive(manifest) as archive, codec.reader(CountingReader(archive, progress)) as plain:
+                details = self.load(target, plain, manifest, request, progress)
         except BaseException:
             # A failed (or cancelled) restore leaves no half-filled database it made itself behind;
             # a database that existed before is never dropped.
@@ -306,6 +371,9 @@ class BackupEngine(ABC):
             raise
         progress.flush()
         return details
+
+    def _stored_codec(self, manifest: BackupManifest) -> StreamCodec:
+        return stored_codec(manifest.compression, self.settings)
 
     def _verified_copy(self, storage: Storage, manifest: BackupManifest, progress: ProgressTracker) -> Storage:
         """The first copy of the archive that verifies: the primary, else a mirror."""

@@ -34,6 +34,9 @@ class ProgressTracker:
         self._should_stop = should_stop
         self._stop_hooks: list[Callable[[], None]] = []
         self._hooks_lock = threading.Lock()
+        # engines may count from several threads; one of them reports when a report is due
+        self._counts_lock = threading.Lock()
+        self._report_lock = threading.Lock()
         self.cancelled = threading.Event()
         self._stop_reason: Exception = JobCancelled("The job was cancelled on request.")
 
@@ -44,13 +47,15 @@ class ProgressTracker:
         self.flush()
 
     def add_bytes(self, count: int) -> None:
-        self.progress.bytes_done += count
+        with self._counts_lock:
+            self.progress.bytes_done += count
         self._maybe_flush()
 
     def add_items(self, count: int = 1, current: str | None = None) -> None:
-        self.progress.items_done += count
-        if current is not None:
-            self.progress.current = current
+        with self._counts_lock:
+            self.progress.items_done += count
+            if current is not None:
+                self.progress.current = current
         self._maybe_flush()
 
     def set_total(self, items_total: int | None) -> None:
@@ -62,10 +67,18 @@ class ProgressTracker:
         self.raise_if_cancelled()
 
     def _maybe_flush(self) -> None:
-        if self._clock() - self._last >= self._interval:
-            self.flush()
+        if self._clock() - self._last >= self._interval and self._report_lock.acquire(blocking=False):
+            try:
+                self.flush()
+            finally:
+                self._report_lock.release()
 
     # ------------------------------------------------------------------ cancellation
+
+    @property
+    def stop_reason(self) -> Exception | None:
+        """Why the job was stopped, or None while it runs on."""
+        return self._stop_reason if self.cancelled.is_set() else None
 
     def raise_if_cancelled(self) -> None:
         """Raise the reason the job was stopped for, if it was."""

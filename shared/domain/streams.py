@@ -69,6 +69,23 @@ class HashingReader:
         return self._hash.hexdigest()
 
 
+class CountingReader:
+    """Passes reads through and reports the bytes read as progress (no checksum)."""
+
+    def __init__(self, source: BinaryIO, progress: ProgressTracker) -> None:
+        self._source = source
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        if data:
+            self._progress.add_bytes(len(data))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
 def iter_chunks(source: BinaryIO, chunk_size: int) -> Iterator[bytes]:
     while chunk := source.read(chunk_size):
         yield chunk

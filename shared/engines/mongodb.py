@@ -2,11 +2,14 @@
 
 No mongodump/mongorestore binary is needed. Documents travel as the raw bytes the server sent
 (``find_raw_batches`` → archive → ``insert_many`` of ``RawBSONDocument``) and are never decoded,
-so every BSON type survives byte for byte and memory stays flat whatever a collection's size:
-at most one server batch, one archive block and one insert batch are held at a time.
+so every BSON type survives byte for byte. ``FLEXDB_MONGO_PARALLEL_COLLECTIONS`` collections are
+read (their blocks interleaved in the one archive, as mongodump does) or inserted into at once;
+memory stays flat whatever a collection's size: about one server batch per collection being
+read and one archive block, or one insert batch per collection being restored.
 
-The archive is what ``mongorestore --archive --gzip`` reads (gzip by default), and restore
-accepts archives written by the real ``mongodump --archive`` (plain, gzip or zstd).
+The archive is what ``mongorestore --archive`` reads; the backup workflow compresses it (zstd,
+or gzip for ``mongorestore --archive --gzip``), and restore accepts archives written by the real
+``mongodump --archive`` (plain, gzip or zstd).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from types import MappingProxyType
 from typing import Any, BinaryIO
 
@@ -35,7 +39,7 @@ from shared.core.errors import (
 )
 from shared.core.logs import get_logger
 from shared.core.redaction import redact
-from shared.core.settings import Target
+from shared.core.settings import Settings, Target
 from shared.domain.backups import BackupManifest
 from shared.domain.engine import (
     BackupEngine,
@@ -50,18 +54,15 @@ from shared.domain.streams import HashingWriter
 from shared.engines.mongodb_archive import (
     ArchiveReader,
     ArchiveWriter,
-    Codec,
     CollectionEntry,
     DocumentBatch,
     NamespaceEnd,
     NamespaceStart,
     build_metadata,
-    detect_codec,
-    open_compressed_writer,
-    open_decompressing_reader,
     parse_server_version,
     verify,
 )
+from shared.engines.parallel import FanIn, SerialLanes, stopped_with_the_job
 from shared.engines.registry import register
 
 try:
@@ -77,12 +78,15 @@ except ImportError:  # the engine reports itself unavailable instead
 log = get_logger(__name__)
 
 SYSTEM_DATABASES = frozenset({"admin", "config", "local"})
-ARCHIVE_NAMES = {"gzip": "archive.gz", "zstd": "archive.zst", "none": "archive"}
 BUCKETS_PREFIX = "system.buckets."
 # Characters MongoDB refuses in a database name (and '.' which would split the namespace).
 _DB_NAME_FORBIDDEN = frozenset('/\\. "$*<>:|?\0')
 _DB_NAME_MAX_BYTES = 63
 _AUTH_FAILED, _UNAUTHORIZED = 18, 13
+# Blocks or insert batches smaller than this would only add headers and round trips.
+_SMALLEST_BATCH_SHARE = 64 * 1024
+# A dump's read batch and archive block get this part of a collection's byte share.
+_READ_BATCHES_PER_SHARE = 4
 _OPTION_KEYS = {"backup": ("collections", "exclude_collections"), "restore": ("collections",)}
 
 
@@ -287,19 +291,6 @@ class RestorePlan:
         return sorted(set(self.destinations.values()))
 
 
-class _CountingReader:
-    """Reports the archive bytes read so far, so a restore's percent moves."""
-
-    def __init__(self, raw: BinaryIO, progress: ProgressTracker) -> None:
-        self._raw = raw
-        self._progress = progress
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self._progress.add_bytes(len(data))
-        return data
-
-
 # --------------------------------------------------------------------------- the engine
 
 
@@ -307,6 +298,7 @@ class _CountingReader:
 class MongoDBEngine(BackupEngine):
     name = "mongodb"
     archive_format = "mongodump-archive"
+    archive_name = "archive"
     system_databases = SYSTEM_DATABASES
     # Everything else may read local files (tlsCAFile, tlsCertificateKeyFile...), go through a
     # proxy (proxyHost), turn off certificate checks, or log in through another service
@@ -341,18 +333,14 @@ class MongoDBEngine(BackupEngine):
         sockets = tuple(host for host in nodes if host.startswith("/") or host.endswith(".sock"))
         return ConnectionAddress(hosts=tuple(h for h in nodes if h not in sockets), sockets=sockets, options=options)
 
-    # The codec is a setting, so the archive's name and the manifest's compression follow it.
     @property
-    def codec(self) -> Codec:
-        return self.settings.mongo_compression  # type: ignore[return-value]  # validated by Settings
+    def default_compression(self) -> str:
+        # FLEXDB_MONGO_COMPRESSION predates FLEXDB_COMPRESSION: where a deployment set it, it stays
+        return self.settings.mongo_compression or self.settings.compression
 
-    @property  # type: ignore[override]
-    def compression(self) -> str | None:
-        return None if self.codec == "none" else self.codec
-
-    @property  # type: ignore[override]
-    def archive_name(self) -> str:
-        return ARCHIVE_NAMES[self.codec]
+    @property
+    def codec_settings(self) -> Settings:
+        return replace(self.settings, zstd_long=self.settings.mongo_zstd_long)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -361,7 +349,9 @@ class MongoDBEngine(BackupEngine):
         return None
 
     @classmethod
-    def validate_options(cls, kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    def validate_engine_options(
+        cls, kind: str, options: Mapping[str, Any], settings: Settings | None = None
+    ) -> dict[str, Any]:
         return validate_mongodb_options(kind, options)
 
     def tool_version(self) -> str:
@@ -456,9 +446,11 @@ class MongoDBEngine(BackupEngine):
                 )
             sources = {e.key: self._data_source(client, e) for e in plan}
             # estimates are cheap (collection metadata) and good enough for a percent
-            estimate = sum(client[db][name].estimated_document_count() for db, name in sources.values() if name)
-            progress.set_total(estimate or None)
-            counts = self._write_archive(client, plan, sources, sink, progress, server)
+            estimates = {key: client[db][name].estimated_document_count() for key, (db, name) in sources.items() if name}
+            progress.set_total(sum(estimates.values()) or None)
+            # the biggest collections are read first, so the dump does not end on one of them alone
+            plan_by_size = sorted(plan, key=lambda entry: -estimates.get(entry.key, 0))
+            counts = self._write_archive(client, plan, sources, sink, progress, server, plan_by_size)
         log.info("mongodb.dump_finished", databases=databases, namespaces=len(plan), documents=sum(counts.values()))
         return DumpResult(
             database=databases[0] if len(databases) == 1 else None,
@@ -466,7 +458,6 @@ class MongoDBEngine(BackupEngine):
             scope=merged,  # collections / exclude_collections: a partial backup
             details={
                 "databases": databases,
-                "compression": self.codec,
                 "namespaces": counts,
                 "views": sorted(e.namespace for e in plan if e.is_view),
             },
@@ -518,39 +509,96 @@ class MongoDBEngine(BackupEngine):
         sink: HashingWriter,
         progress: ProgressTracker,
         server: ServerInfo,
+        read_order: list[CollectionEntry],
     ) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        compressed = open_compressed_writer(sink, self.codec)
-        # the writer holds at most one block of documents before writing it out
-        block_size = self.settings.mongo_batch_bytes
-        writer = ArchiveWriter(compressed, server.version, self.tool_version(), block_size=block_size)
+        # the header's concurrent_collections tells mongorestore how many namespaces may be open at once
+        parallel = self.settings.mongo_parallel_collections
+        # the writer holds at most one block of documents per open namespace before writing it out;
+        # a block keeps the read batches it points into alive, so it is no bigger than one of them
+        block = self._read_batch_bytes
+        writer = ArchiveWriter(sink, server.version, self.tool_version(), parallel, block_size=block)
         try:
             writer.write_prelude(plan)
         except ValueError as exc:  # metadata that would not survive Extended JSON, as mongodump refuses
             raise DumpFailed(f"The collection metadata cannot be written as a mongodump archive: {exc}") from None
-        for entry in plan:  # one namespace at a time: safe for any mongorestore parallelism
-            db, source = sources[entry.key]
-            documents = 0
-            if source is not None:
-                # bounded batches keep the driver's buffers small; 16 MiB-batches cost it ~100 MiB
-                batches = client[db][source].find_raw_batches(batch_size=self.settings.mongo_read_batch_docs)
-                for batch in batches:
-                    taken = writer.write_documents(db, source, (batch,))
-                    documents += taken
-                    progress.add_items(taken, current=entry.namespace)
-            writer.finish_namespace(entry.db, source or entry.collection)
-            progress.add_items(0, current=entry.namespace)
-            counts[entry.namespace] = documents
-            log.info("mongodb.collection_dumped", namespace=entry.namespace, type=entry.type, documents=documents)
+        counts = {entry.namespace: 0 for entry in plan}
+        # One thread writes the archive; readers hand it raw batches through a bounded channel, so
+        # each collection being read holds about one server batch, and the writer one block.
+        read = partial(self._read_collection, client, sources)
+        with FanIn(read_order, read, workers=parallel, capacity=parallel, name="mongodb-dump") as batches:
+            with stopped_with_the_job(progress, batches):
+                for entry, batch in batches:
+                    db, source = sources[entry.key]
+                    if batch is not None:
+                        taken = writer.write_documents(db, source or entry.collection, (batch,))
+                        counts[entry.namespace] += taken
+                        progress.add_items(taken, current=entry.namespace)
+                        continue
+                    writer.finish_namespace(entry.db, source or entry.collection)  # read to its end
+                    progress.add_items(0, current=entry.namespace)
+                    log.info(
+                        "mongodb.collection_dumped",
+                        namespace=entry.namespace,
+                        type=entry.type,
+                        documents=counts[entry.namespace],
+                    )
         writer.finish()
-        compressed.close()  # writes the gzip/zstd trailer; the sink stays open for the template
         return counts
+
+    def _share(self, total: int, smallest: int) -> int:
+        """One collection's share of a memory budget that the collections in flight split among
+        them, so the worker's memory does not grow with FLEXDB_MONGO_PARALLEL_COLLECTIONS."""
+        return max(total // self.settings.mongo_parallel_collections, smallest)
+
+    @property
+    def _batch_share(self) -> int:
+        """Bytes of documents one collection in flight holds: an archive block, an insert batch."""
+        return self._share(self.settings.mongo_batch_bytes, _SMALLEST_BATCH_SHARE)
+
+    @property
+    def _read_batch_bytes(self) -> int:
+        """Bytes a dump's read batch, and archive block, aims at: a part of the collection's
+        share, since the driver holds a batch about three times over while it arrives (message,
+        reply, documents) and the channel and the archive writer hold those before it."""
+        return max(self._batch_share // _READ_BATCHES_PER_SHARE, _SMALLEST_BATCH_SHARE)
+
+    def _read_batch_docs(self, db: Database, collection: str) -> int:
+        """Documents per server batch of one collection (0: the server's default, up to 16 MiB):
+        its share of FLEXDB_MONGO_READ_BATCH_DOCS, fewer when its documents are big, so that a
+        batch stays near ``_read_batch_bytes`` (batches sized by count alone cost ~50 MiB more
+        on big documents)."""
+        docs = self.settings.mongo_read_batch_docs
+        share = self._share(docs, 1) if docs else 0
+        try:
+            average = float(db.command("collStats", collection).get("avgObjSize") or 0)
+        except PyMongoError:  # no collStats for this user, or not on this server: count alone
+            return share
+        if average <= 0:
+            return share
+        by_size = max(int(self._read_batch_bytes // average), 1)
+        return min(share, by_size) if share else by_size
+
+    def _read_collection(
+        self,
+        client: MongoClient,
+        sources: dict[tuple[str, str], tuple[str, str | None]],
+        entry: CollectionEntry,
+        emit: Callable[[tuple[CollectionEntry, bytes | None]], None],
+    ) -> None:
+        """Runs on a reader thread: every raw batch of one collection, then None for its end."""
+        db, source = sources[entry.key]
+        if source is not None:
+            batch_size = self._read_batch_docs(client[db], source)
+            with client[db][source].find_raw_batches(batch_size=batch_size) as cursor:
+                for batch in cursor:
+                    emit((entry, batch))
+        emit((entry, None))
 
     # ------------------------------------------------------------------ restore
 
     def verify_archive(self, archive: BinaryIO, manifest: BackupManifest, progress: ProgressTracker) -> None:
         """Read the whole archive (framing, prelude, every CRC) before the target is touched."""
-        summary = verify(open_decompressing_reader(archive), read_size=self.settings.stream_chunk_bytes)
+        summary = verify(archive, read_size=self.settings.stream_chunk_bytes)
         expected = manifest.details.get("namespaces") if isinstance(manifest.details, dict) else None
         if isinstance(expected, dict):
             found = {ns: s.documents for ns, s in summary.namespaces.items()}
@@ -563,29 +611,23 @@ class MongoDBEngine(BackupEngine):
 
     # ------------------------------------------------------------------ import
 
-    def import_archive_name(self, head: bytes) -> str:
-        return ARCHIVE_NAMES[detect_codec(head)]
-
     def inspect_import(self, open_archive: Callable[[], BinaryIO]) -> ImportedArchive:
-        """A ``mongodump --archive`` file (plain, gzip or zstd): the whole archive is read and
-        checked as before a restore (framing, prelude, every block's CRC)."""
+        """A ``mongodump --archive`` file (plain, or gzip or zstd around it: the workflow opens it
+        decompressed): the whole archive is read and checked as before a restore (framing,
+        prelude, every block's CRC)."""
         with open_archive() as archive:
-            stream = open_decompressing_reader(archive)
             try:
-                summary = verify(stream, read_size=self.settings.stream_chunk_bytes)
+                summary = verify(archive, read_size=self.settings.stream_chunk_bytes)
             except ArchiveCorrupt as exc:
                 raise ArchiveCorrupt(f"This is not a readable mongodump archive: {exc.message}") from None
-        codec = getattr(stream, "codec", "none")
         databases = sorted({entry.db for entry in summary.entries})
         return ImportedArchive(
             archive_format=self.archive_format,
-            compression=None if codec == "none" else codec,
             database=databases[0] if len(databases) == 1 else None,
             server_version=summary.header.server_version or None,
             tool_version=summary.header.tool_version or None,
             details={
                 "databases": databases,
-                "compression": codec,
                 # Not "namespaces": a restore then plans from the archive's own prelude, as for
                 # any archive made elsewhere (oplog and system collections included).
                 "documents": {ns: s.documents for ns, s in summary.namespaces.items()},
@@ -645,19 +687,24 @@ class MongoDBEngine(BackupEngine):
         request: RestoreRequest,
         progress: ProgressTracker,
     ) -> dict[str, Any]:
-        stream = open_decompressing_reader(_CountingReader(archive, progress))
         reader = ArchiveReader(
-            stream, batch_bytes=self.settings.mongo_batch_bytes, read_size=self.settings.stream_chunk_bytes
+            archive, batch_bytes=self._batch_share, read_size=self.settings.stream_chunk_bytes
         )
         plan = RestorePlan.build([e.key for e in reader.entries], request, self._uri_database(target))
         counts = (manifest.details or {}).get("namespaces") or {}
         expected = [counts.get(f"{db}.{collection}") for db, collection in plan.destinations]
         progress.set_total(sum(n for n in expected if isinstance(n, int)) or None)
+        parallel = self.settings.mongo_parallel_collections
         with self._session(target, RestoreFailed) as client:
             self._refuse_occupied(client, plan, request, target)
-            loader = _NamespaceLoader(client, plan, request.drop, progress)
-            for event in reader:
-                loader.handle(event)
+            # The archive is read on this thread; inserts run on others, at most `parallel` batches
+            # waiting or running at a time (memory), those of one collection in archive order.
+            with SerialLanes(workers=parallel, capacity=parallel, name="mongodb-restore") as lanes:
+                with stopped_with_the_job(progress, lanes):
+                    loader = _NamespaceLoader(client, plan, request.drop, progress, lanes)
+                    for event in reader:
+                        loader.handle(event)
+                    lanes.join()
         for namespace in plan.skipped:
             log.info("mongodb.namespace_skipped", namespace=namespace)
         return {
@@ -678,29 +725,38 @@ class MongoDBEngine(BackupEngine):
 
 
 class _NamespaceLoader:
-    """Replays archive events into the server: create, insert raw batches, then build indexes."""
+    """Replays archive events into the server: create, insert raw batches, then build indexes.
 
-    def __init__(self, client: MongoClient, plan: RestorePlan, drop: bool, progress: ProgressTracker) -> None:
+    Each namespace is a lane: its steps run one after the other in archive order (so indexes
+    are built once all its documents are in, and a capped collection keeps its order), while
+    the lanes of different namespaces run in parallel."""
+
+    def __init__(
+        self, client: MongoClient, plan: RestorePlan, drop: bool, progress: ProgressTracker, lanes: SerialLanes
+    ) -> None:
         self._client = client
         self._plan = plan
         self._drop = drop
         self._progress = progress
-        self.restored: dict[str, int] = {}
+        self._lanes = lanes
+        self.restored: dict[str, int] = {}  # keys set here, in archive order; counts by each lane
 
     def handle(self, event: NamespaceStart | DocumentBatch | NamespaceEnd) -> None:
         db_name = self._plan.destination(event.entry)
         if db_name is None:
             return
         db = self._client[db_name]
+        step: Callable[[], None]
         if isinstance(event, NamespaceStart):
-            self._create(db, event.entry)
+            self.restored[f"{db.name}.{event.entry.collection}"] = 0
+            step = partial(self._create, db, event.entry)
         elif isinstance(event, DocumentBatch):
-            self._insert(db, event)
+            step = partial(self._insert, db, event)
         else:
-            self._finish(db, event)
+            step = partial(self._finish, db, event)
+        self._lanes.submit(event.entry.key, step)
 
     def _create(self, db: Database, entry: CollectionEntry) -> None:
-        self.restored[f"{db.name}.{entry.collection}"] = 0
         if self._drop:
             db.drop_collection(entry.collection)
         elif db.list_collection_names(filter={"name": entry.collection}):
@@ -719,7 +775,7 @@ class _NamespaceLoader:
         # unordered and without validation, like mongorestore: the data was valid where it came from
         db[batch.body_collection].insert_many(documents, ordered=False, bypass_document_validation=True)
         namespace = f"{db.name}.{batch.entry.collection}"
-        self.restored[namespace] = self.restored.get(namespace, 0) + len(documents)
+        self.restored[namespace] += len(documents)
         self._progress.add_items(len(documents), current=namespace)
 
     def _finish(self, db: Database, end: NamespaceEnd) -> None:

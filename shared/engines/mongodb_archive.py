@@ -17,23 +17,27 @@ network: the classes work on binary file-like objects (``.write(bytes)`` / ``.re
 
 from __future__ import annotations
 
-import gzip
-import io
 import struct
 import uuid as uuid_module
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import bson
-import zstandard
 from bson import json_util
 from bson.binary import Binary
 from bson.errors import BSONError
 from bson.int64 import Int64
 
 from shared.core.errors import ArchiveCorrupt, ChecksumMismatch, DumpFailed
+# The codecs are the backup workflow's, for every engine; re-exported for archive readers here.
+from shared.domain.codecs import (
+    GZIP_MAGIC,
+    ZSTD_MAGIC,
+    detect_codec,
+    open_compressed_writer,
+    open_decompressing_reader,
+)
 
 try:  # The CRC runs over every byte of every document: it must be C, not a Python loop.
     import anycrc as _anycrc
@@ -100,8 +104,6 @@ _NS_HEADER_TYPES: dict[str, tuple[type, ...]] = {
 }
 _METADATA_JSON_OPTIONS = json_util.CANONICAL_JSON_OPTIONS
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 Codec = Literal["gzip", "zstd", "none"]
 
 BytesLike = bytes | bytearray | memoryview
@@ -416,11 +418,29 @@ def _ns_header(db: str, collection: str, eof: bool, crc: int) -> bytes:
 # --- writer ---------------------------------------------------------------------------------
 
 
-class ArchiveWriter:
-    """Writes an archive one namespace at a time.
+@dataclass
+class _PendingBlock:
+    """Documents gathered for a namespace's next data block: views of the caller's chunks."""
 
-    Finishing each namespace before starting the next keeps at most one namespace open, which
-    can never starve mongorestore's workers (reference §4), so ``concurrent_collections=1`` is safe.
+    pieces: list[memoryview] = field(default_factory=list)
+    bytes: int = 0
+    documents: int = 0
+
+    def add(self, piece: memoryview, documents: int) -> None:
+        self.pieces.append(piece)
+        self.bytes += len(piece)
+        self.documents += documents
+
+
+class ArchiveWriter:
+    """Writes an archive; up to ``concurrent_collections`` namespaces may be open at once.
+
+    mongorestore runs as many workers as the header's ``concurrent_collections`` and each holds
+    one namespace from its first block to its EOF, so more namespaces open at the same time could
+    starve it (reference §4): the writer refuses to open more. As mongodump does, each open
+    namespace gathers its documents into a block of up to ``block_size`` bytes, written when full
+    (or at the namespace's end), so the blocks of the open namespaces interleave and the writer
+    holds at most one block per open namespace.
     Call ``write_prelude`` once, then ``write_documents``/``finish_namespace`` for every entry
     (the oplog, if any, last), then ``finish``. The stream is never closed here.
     """
@@ -445,10 +465,8 @@ class ArchiveWriter:
         self._block_size = block_size
         self.header = ArchiveHeader(concurrent_collections, ARCHIVE_FORMAT_VERSION, server_version, tool_version)
         self._progress: dict[Namespace, _Progress] = {}
-        self._open: _Progress | None = None
-        self._pending: list[memoryview] = []
-        self._pending_bytes = 0
-        self._pending_docs = 0
+        self._open: dict[Namespace, _Progress] = {}  # started, not yet at EOF; insertion ordered
+        self._pending: dict[Namespace, _PendingBlock] = {}  # the next block of each open namespace
         self._prelude_written = False
         self.bytes_written = 0
         self.documents_written = 0
@@ -480,27 +498,24 @@ class ArchiveWriter:
         well-framed BSON documents.
         """
         progress = self._begin(db, collection)
-        before = progress.documents + self._pending_docs
-        for index, chunk in enumerate(raw_bson_chunks):
-            self._take_chunk(progress, chunk, index)
-        return progress.documents + self._pending_docs - before
+        return sum(self._take_chunk(progress, chunk, index) for index, chunk in enumerate(raw_bson_chunks))
 
     def finish_namespace(self, db: str, collection: str) -> int:
         """Flush the namespace's last data block and write its EOF block; returns the CRC."""
         progress = self._begin(db, collection)
-        if self._pending or progress.blocks == 0:
+        if self._pending[progress.entry.key].pieces or progress.blocks == 0:
             # an empty collection or a view still needs one (empty) data block
             self._flush_block(progress)
         self._write(_ns_header(progress.entry.db, progress.body_collection, True, progress.crc) + TERM)
         progress.finished = True
-        self._open = None
+        del self._open[progress.entry.key], self._pending[progress.entry.key]
         return progress.crc
 
     def finish(self) -> ArchiveSummary:
         """Check every prelude namespace reached EOF (else the archive would be refused)."""
         self._require_prelude()
-        if self._open is not None:
-            raise RuntimeError(f"namespace {self._open.entry.namespace} was not finished")
+        if self._open:
+            raise RuntimeError(f"namespaces were not finished: {', '.join(p.entry.namespace for p in self._open.values())}")
         missing = [p.entry.namespace for p in self._progress.values() if not p.finished]
         if missing:
             raise RuntimeError(f"namespaces listed in the prelude were never written: {', '.join(missing)}")
@@ -533,14 +548,15 @@ class ArchiveWriter:
     def _begin(self, db: str, collection: str) -> _Progress:
         self._require_prelude()
         progress = self._resolve(db, collection)
-        if progress is self._open:
+        if self._open.get(progress.entry.key) is progress:
             return progress
         if progress.finished:
             raise RuntimeError(f"namespace {progress.entry.namespace} is already finished")
-        if self._open is not None:
+        if len(self._open) >= self.header.concurrent_collections:
             raise RuntimeError(
-                f"namespace {self._open.entry.namespace} is still open; finish it before "
-                f"starting {progress.entry.namespace}"
+                f"namespace {', '.join(p.entry.namespace for p in self._open.values())} is still open; the header "
+                f"allows {self.header.concurrent_collections} at once: finish one before starting "
+                f"{progress.entry.namespace}"
             )
         # mongodump writes the oplog after every other namespace reached EOF; restore relies on it
         others_open = [p for p in self._progress.values() if not p.finished and p is not progress]
@@ -549,10 +565,12 @@ class ArchiveWriter:
         oplog = self._progress.get((OPLOG_DB, OPLOG_COLLECTION))
         if oplog is not None and oplog.finished and not progress.entry.is_oplog:
             raise RuntimeError(f"{progress.entry.namespace} cannot follow the oplog")
-        self._open = progress
+        self._open[progress.entry.key] = progress
+        self._pending[progress.entry.key] = _PendingBlock()
         return progress
 
-    def _take_chunk(self, progress: _Progress, chunk: BytesLike, index: int) -> None:
+    def _take_chunk(self, progress: _Progress, chunk: BytesLike, index: int) -> int:
+        """Queue one chunk's documents (cutting blocks at ``block_size``); returns how many."""
         # Walk the length prefixes only: enough to count documents, check framing and cut
         # blocks at document boundaries. Contiguous runs are kept as views, not copied.
         data = chunk if isinstance(chunk, bytes) else bytes(chunk)  # a caller may reuse a bytearray
@@ -560,8 +578,9 @@ class ArchiveWriter:
         size = len(data)
         unpack = _UINT32.unpack_from
         limit = self._block_size
+        pending = self._pending[progress.entry.key]
         pos = run_start = 0
-        docs_in_run = 0
+        docs_in_run = taken = 0
         while pos < size:
             if size - pos < MIN_DOC_SIZE:
                 raise DumpFailed(
@@ -578,34 +597,34 @@ class ArchiveWriter:
                     f"{progress.entry.namespace}: BSON document at offset {pos} of chunk {index} does not end with 0x00"
                 )
             run_bytes = pos - run_start
-            if self._pending_bytes + run_bytes + length > limit and self._pending_bytes + run_bytes > 0:
+            if pending.bytes + run_bytes + length > limit and pending.bytes + run_bytes > 0:
                 if run_bytes:
-                    self._queue(view[run_start:pos], docs_in_run)
+                    pending.add(view[run_start:pos], docs_in_run)
                 self._flush_block(progress)
+                pending = self._pending[progress.entry.key]
                 run_start, docs_in_run = pos, 0
             pos += length
             docs_in_run += 1
+            taken += 1
         if pos > run_start:
-            self._queue(view[run_start:pos], docs_in_run)
-
-    def _queue(self, piece: memoryview, docs: int) -> None:
-        self._pending.append(piece)
-        self._pending_bytes += len(piece)
-        self._pending_docs += docs
+            pending.add(view[run_start:pos], docs_in_run)
+        return taken
 
     def _flush_block(self, progress: _Progress) -> None:
+        """Write the namespace's pending documents as one data block (none: an empty block)."""
+        pending = self._pending[progress.entry.key]
         self._write(_ns_header(progress.entry.db, progress.body_collection, False, 0))
         crc = progress.crc
-        for piece in self._pending:
+        for piece in pending.pieces:
             crc = crc64_update(crc, piece)
             self._write(piece)
         self._write(TERM)
         progress.crc = crc
-        progress.documents += self._pending_docs
-        progress.bytes += self._pending_bytes
+        progress.documents += pending.documents
+        progress.bytes += pending.bytes
         progress.blocks += 1
-        self.documents_written += self._pending_docs
-        self._pending, self._pending_bytes, self._pending_docs = [], 0, 0
+        self.documents_written += pending.documents
+        self._pending[progress.entry.key] = _PendingBlock()
 
     def _write(self, data: BytesLike) -> None:
         self._stream.write(data)  # type: ignore[arg-type]  # memoryview is fine for file objects
@@ -984,141 +1003,3 @@ def verify(stream: ReadableStream, *, read_size: int = DEFAULT_READ_SIZE) -> Arc
     :func:`open_decompressing_reader` first.
     """
     return ArchiveReader(stream, read_size=read_size).verify()
-
-
-# --- compression ----------------------------------------------------------------------------
-
-
-def detect_codec(prefix: bytes) -> Codec:
-    """Codec from the first bytes of a stream (gzip 1f8b, zstd 28b52ffd, else plain)."""
-    if prefix.startswith(GZIP_MAGIC):
-        return "gzip"
-    if prefix.startswith(ZSTD_MAGIC):
-        return "zstd"
-    return "none"
-
-
-class _NonClosingWriter(io.RawIOBase):
-    """Pass-through writer whose close() leaves the underlying stream open, like the others."""
-
-    def __init__(self, raw: WritableStream) -> None:
-        super().__init__()
-        self._raw = raw
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: BytesLike) -> int:  # type: ignore[override]
-        self._raw.write(data)  # type: ignore[arg-type]
-        return len(data)
-
-    def flush(self) -> None:
-        flush = getattr(self._raw, "flush", None)
-        if flush is not None and not self.closed:
-            flush()
-
-
-def open_compressed_writer(raw_stream: WritableStream, codec: Codec, *, level: int | None = None) -> BinaryIO:
-    """A writable stream that compresses everything into ``raw_stream`` as ONE stream.
-
-    Close the returned object to write the trailer; ``raw_stream`` itself stays open. gzip output
-    is a single standard member, what ``mongorestore --archive --gzip`` expects.
-    """
-    sink = cast(BinaryIO, raw_stream)  # the codecs only call write() (and flush() when asked to)
-    if codec == "gzip":
-        # filename="" keeps the raw stream's name out of the header; mtime=0 keeps output reproducible
-        level = 6 if level is None else level  # Go's default; Python's 9 is several times slower
-        return cast(BinaryIO, gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=level, mtime=0))
-    if codec == "zstd":
-        compressor = zstandard.ZstdCompressor(level=3 if level is None else level, write_checksum=True)
-        return cast(BinaryIO, compressor.stream_writer(sink, closefd=False))
-    if codec == "none":
-        return cast(BinaryIO, _NonClosingWriter(raw_stream))
-    raise ValueError(f"unknown compression codec {codec!r}; expected 'gzip', 'zstd' or 'none'")
-
-
-class _PrefixedReader(io.RawIOBase):
-    """Re-serves the bytes already read for detection, then the rest of the raw stream."""
-
-    def __init__(self, prefix: bytes, raw: ReadableStream) -> None:
-        super().__init__()
-        self._prefix = prefix
-        self._raw = raw
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
-        if self._prefix:
-            if size < 0 or size >= len(self._prefix):
-                head, self._prefix = self._prefix, b""
-                rest = self._raw.read(size - len(head)) if size > len(head) else b""
-                return head + (rest or b"")
-            head, self._prefix = self._prefix[:size], self._prefix[size:]
-            return head
-        return self._raw.read(size) or b""
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-class _DecompressingReader(io.RawIOBase):
-    """Readable view of the decompressed archive; decoder failures become ArchiveCorrupt."""
-
-    def __init__(self, inner: ReadableStream, codec: Codec) -> None:
-        super().__init__()
-        self._inner = inner
-        self.codec = codec
-        self.bytes_out = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
-        try:
-            data = self._inner.read(size)
-        except (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError) as exc:
-            raise ArchiveCorrupt(
-                f"the {self.codec} stream is corrupt or truncated after {self.bytes_out} decompressed bytes: {exc}"
-            ) from exc
-        self.bytes_out += len(data)
-        return data
-
-    def close(self) -> None:
-        if not self.closed:
-            close = getattr(self._inner, "close", None)
-            if close is not None:
-                close()  # the decoders do not close the caller's raw stream
-        super().close()
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def open_decompressing_reader(raw_stream: ReadableStream) -> BinaryIO:
-    """A readable stream of the plain archive, auto-detecting gzip / zstd / uncompressed input.
-
-    Needs no seeking: the sniffed bytes are served again. The result has a ``codec`` attribute.
-    Note zstd's streaming decoder stops silently at a truncated frame; the archive grammar still
-    catches the missing data, because an archive must end with every namespace at EOF.
-    """
-    prefix = b""
-    while len(prefix) < 4:  # a pipe may return short reads
-        more = raw_stream.read(4 - len(prefix))
-        if not more:
-            break
-        prefix += more
-    source = cast(BinaryIO, _PrefixedReader(prefix, raw_stream))
-    codec = detect_codec(prefix)
-    inner: ReadableStream
-    if codec == "gzip":
-        inner = gzip.GzipFile(filename="", mode="rb", fileobj=source)  # also reads concatenated members
-    elif codec == "zstd":
-        inner = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=False)
-    else:
-        inner = source
-    return cast(BinaryIO, _DecompressingReader(inner, codec))

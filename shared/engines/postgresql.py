@@ -1,7 +1,16 @@
 """PostgreSQL: ``pg_dump -Fc`` streamed from stdout, ``pg_restore`` fed from the archive.
 
+pg_dump writes uncompressed (``--compress=0``): the backup workflow's codec compresses the stream
+(multi-threaded zstd by default), faster and smaller than pg_dump's own single-threaded zlib.
+
+For big databases, ``"format": "directory", "jobs": N`` runs ``pg_dump -Fd -j N`` into a scratch
+folder (FLEXDB_SCRATCH_DIR), then streams the folder as one tar archive through the same codec,
+checksum, encryption and mirror path as any archive; a restore unpacks it into a scratch folder
+(no member may leave it) and runs ``pg_restore -j N``. The scratch folder is always removed.
+
 Credentials reach the tools through their environment only (never argv, which ``ps`` shows);
-inherited ``PG*`` variables are dropped first so the target's own settings apply.
+inherited ``PG*`` variables are dropped first so the target's own settings apply. Stopping a
+job kills a tool with the parallel workers it forked.
 """
 
 from __future__ import annotations
@@ -9,7 +18,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -35,7 +46,7 @@ from shared.core.errors import (
 )
 from shared.core.logs import get_logger
 from shared.core.redaction import redact
-from shared.core.settings import Target
+from shared.core.settings import Settings, Target
 from shared.domain.backups import DATABASE_NAME_PATTERN, DATABASE_NAME_RULE, BackupManifest
 from shared.domain.engine import (
     BackupEngine,
@@ -46,7 +57,7 @@ from shared.domain.engine import (
     ServerInfo,
 )
 from shared.domain.progress import ProgressTracker
-from shared.domain.streams import HashingWriter, iter_chunks
+from shared.domain.streams import iter_chunks
 from shared.engines.registry import register
 
 try:
@@ -167,7 +178,6 @@ class PostgreSQLEngine(BackupEngine):
     name = "postgresql"
     archive_format = "pg_dump-custom"
     archive_name = "archive.dump"
-    compression = "pg_dump-zlib"
     # template1 is copied into every database created later; template0 must stay pristine.
     forbidden_databases = frozenset({"template0", "template1"})
     system_databases = frozenset({"postgres"})
@@ -185,6 +195,45 @@ class PostgreSQLEngine(BackupEngine):
         if psycopg is None:
             return "the psycopg driver is not installed"
         return None
+
+    @classmethod
+    def validate_engine_options(
+        cls, kind: str, options: Mapping[str, Any], settings: Settings | None = None
+    ) -> dict[str, Any]:
+        """backup: ``format`` ("custom", the default, or "directory") and, for a directory
+        backup, ``jobs`` (parallel pg_dump/pg_restore jobs, 1 to FLEXDB_PG_MAX_JOBS)."""
+        allowed = _BACKUP_OPTIONS if kind == "backup" else ()
+        limit = (settings or Settings).pg_max_jobs
+        errors = [
+            {"pointer": f"/options/{key}", "detail": f"unknown option; {kind} takes {', '.join(allowed) or 'none'}"}
+            for key in sorted(options)
+            if key not in allowed
+        ]
+        clean: dict[str, Any] = {}
+        if "format" in options:
+            if options["format"] in _FORMATS:
+                clean["format"] = options["format"]
+            else:
+                errors.append({"pointer": "/options/format", "detail": f"must be one of {', '.join(_FORMATS)}"})
+        if "jobs" in options:
+            jobs = options["jobs"]
+            if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= limit:
+                errors.append({"pointer": "/options/jobs", "detail": f"must be a whole number from 1 to {limit} (FLEXDB_PG_MAX_JOBS)"})
+            elif options.get("format") != DIRECTORY:
+                errors.append({"pointer": "/options/jobs", "detail": 'parallel jobs need "format": "directory"'})
+            else:
+                clean["jobs"] = jobs
+        if errors:
+            raise ValidationFailed(
+                f"Invalid postgresql {kind} options: " + "; ".join(f"{e['pointer']}: {e['detail']}" for e in errors),
+                errors=errors,
+            )
+        return clean
+
+    def archive_kind(self, options: Mapping[str, Any]) -> tuple[str, str]:
+        if options.get("format") == DIRECTORY:
+            return DIRECTORY_ARCHIVE_FORMAT, "archive.tar"
+        return self.archive_format, self.archive_name
 
     @classmethod
     def restore_destination(cls, target: Target, manifest: BackupManifest, database: str | None) -> str | None:
@@ -307,7 +356,7 @@ class PostgreSQLEngine(BackupEngine):
     def dump(
         self,
         target: Target,
-        sink: HashingWriter,
+        sink: BinaryIO,
         progress: ProgressTracker,
         server: ServerInfo,
         options: Mapping[str, Any],
@@ -315,37 +364,96 @@ class PostgreSQLEngine(BackupEngine):
         env = self._tool_env(target)
         tool_version = self._check_tool_version(server, env)
         progress.set_total(server.details.get("tables") or None)
+        details: dict[str, Any] = {"tables": server.details.get("tables")}
+        # --compress=0: the workflow's codec compresses the stream, on more than one core
+        argv = [self._tool("pg_dump"), "--compress=0", "--no-password", "--verbose"]
         with tempfile.NamedTemporaryFile(prefix="pg_dump-", suffix=".log") as stderr:
             # stderr goes to a file: a pipe nobody reads fills up and deadlocks the dump.
-            proc = subprocess.Popen(
-                [self._tool("pg_dump"), "--format=custom", "--no-password", "--verbose"],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-            )
             watcher = _TableCounter(Path(stderr.name))
-            try:
-                # pg_dump can wait silently on a table lock; a cancel must still stop it.
-                with progress.stop_hook(proc.kill):
-                    for chunk in iter_chunks(proc.stdout, self.settings.stream_chunk_bytes):
-                        sink.write(chunk)
-                        watcher.update(progress)
+            if options.get("format") == DIRECTORY:
+                jobs = min(int(options.get("jobs") or 1), self.settings.pg_max_jobs)
+                details.update(format=DIRECTORY, jobs=jobs)
+                with self._scratch("pg_dump-") as scratch:
+                    folder = scratch / _DUMP_FOLDER
+                    argv += ["--format=directory", f"--jobs={jobs}", f"--file={folder}"]
+                    with _running(argv, env, progress, stdout=subprocess.DEVNULL, stderr=stderr) as proc:
+                        returncode = self._wait(proc, lambda: watcher.update(progress))
+                    if returncode != 0:
+                        raise self._dump_error(Path(stderr.name), target)
+                    watcher.update(progress, force=True)
+                    self._write_tar(folder, sink)
+            else:
+                argv.append("--format=custom")
+                with _running(argv, env, progress, stdout=subprocess.PIPE, stderr=stderr) as proc:
+                    try:
+                        for chunk in iter_chunks(proc.stdout, self.settings.stream_chunk_bytes):
+                            sink.write(chunk)
+                            watcher.update(progress)
+                    finally:
+                        proc.stdout.close()
                     returncode = proc.wait()
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            finally:
-                proc.stdout.close()
-            if returncode != 0:
-                raise self._dump_error(Path(stderr.name), target)
-            watcher.update(progress, force=True)
+                if returncode != 0:
+                    raise self._dump_error(Path(stderr.name), target)
+                watcher.update(progress, force=True)
         return DumpResult(
             database=server.details.get("database"),
             server_version=server.version,
             tool_version=tool_version,
-            details={"tables": server.details.get("tables")},
+            details=details,
         )
+
+    def _wait(self, proc: subprocess.Popen[bytes], tick: Callable[[], None]) -> int:
+        """Wait for a tool that writes no stream, calling ``tick`` (progress, which raises when
+        the job is stopped) at every progress interval."""
+        interval = self.settings.progress_interval_seconds or 0.5
+        while True:
+            try:
+                return proc.wait(timeout=interval)
+            except subprocess.TimeoutExpired:
+                tick()
+
+    @contextmanager
+    def _scratch(self, prefix: str) -> Iterator[Path]:
+        """A fresh folder under FLEXDB_SCRATCH_DIR, removed when the block ends however it ends.
+        Folders a killed worker left behind (older than any job may run) are removed first."""
+        root = self.settings.scratch_dir
+        root.mkdir(parents=True, exist_ok=True)
+        stale_before = time.time() - self.settings.task_max_seconds
+        for entry in root.glob("pg_*"):
+            try:
+                if entry.is_dir() and entry.stat().st_mtime < stale_before:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except OSError:
+                continue  # another worker removed it meanwhile
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _write_tar(self, folder: Path, sink: BinaryIO) -> None:
+        """The dump folder as one tar stream: its files under ``dump/``, nothing else."""
+        with tarfile.open(fileobj=sink, mode="w|", bufsize=self.settings.stream_chunk_bytes, format=tarfile.PAX_FORMAT) as tar:
+            tar.add(folder, arcname=_DUMP_FOLDER)
+
+    def _extract_tar(self, archive: BinaryIO, scratch: Path) -> Path:
+        """Unpack a directory-format archive into ``scratch``: regular files and folders under
+        ``dump/`` only, and tarfile's "data" filter refuses any path that would leave it."""
+        try:
+            with tarfile.open(fileobj=archive, mode="r|", bufsize=self.settings.stream_chunk_bytes) as tar:
+                for member in tar:
+                    inside = member.name == _DUMP_FOLDER or member.name.startswith(_DUMP_FOLDER + "/")
+                    if not inside or not (member.isfile() or member.isdir()):
+                        raise ArchiveCorrupt(
+                            f"The directory-format archive holds {member.name!r}, which is not a file of a pg_dump folder."
+                        )
+                    tar.extract(member, scratch, filter="data")
+        except tarfile.TarError as exc:
+            raise ArchiveCorrupt(f"The directory-format archive cannot be unpacked: {exc}") from None
+        folder = scratch / _DUMP_FOLDER
+        if not (folder / "toc.dat").is_file():
+            raise ArchiveCorrupt("The directory-format archive holds no pg_dump folder (dump/toc.dat is missing).")
+        return folder
 
     def _dump_error(self, stderr: Path, target: Target) -> FlexDBError:
         tail = _stderr_tail(stderr)
@@ -398,33 +506,45 @@ class PostgreSQLEngine(BackupEngine):
         progress: ProgressTracker,
     ) -> dict[str, Any]:
         database = request.database or self._database_of(self._connection_params(target))
-        argv = [self._tool("pg_restore"), "--no-owner", "--single-transaction", "--exit-on-error", "--no-password"]
+        env = self._tool_env(target, database)
+        argv = [self._tool("pg_restore"), "--no-owner", "--exit-on-error", "--no-password"]
         if request.drop:
             argv += ["--clean", "--if-exists"]
         argv.append(f"--dbname={database}")
+        details: dict[str, Any] = {"database": database, "dropped_existing": request.drop}
         with tempfile.NamedTemporaryFile(prefix="pg_restore-", suffix=".log") as stderr:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=stderr, env=self._tool_env(target, database))
-            try:
-                # Killing pg_restore mid-way aborts its single transaction: nothing is kept.
-                with progress.stop_hook(proc.kill):
-                    for chunk in iter_chunks(archive, self.settings.stream_chunk_bytes):
-                        proc.stdin.write(chunk)
-                        progress.add_bytes(len(chunk))
-                    proc.stdin.close()
+            if manifest.format == DIRECTORY_ARCHIVE_FORMAT:
+                jobs = min(int((manifest.details or {}).get("jobs") or 1), self.settings.pg_max_jobs)
+                details["jobs"] = jobs
+                # pg_restore cannot run parallel jobs inside one transaction
+                argv.append("--single-transaction" if jobs == 1 else f"--jobs={jobs}")
+                with self._scratch("pg_restore-") as scratch:
+                    argv.append(str(self._extract_tar(archive, scratch)))
+                    with _running(argv, env, progress, stderr=stderr) as proc:
+                        returncode = self._wait(proc, progress.raise_if_cancelled)
+            else:
+                jobs = 1
+                argv.append("--single-transaction")
+                with _running(argv, env, progress, stdin=subprocess.PIPE, stderr=stderr) as proc:
+                    try:
+                        # Killing pg_restore mid-way aborts its single transaction: nothing is kept.
+                        for chunk in iter_chunks(archive, self.settings.stream_chunk_bytes):
+                            proc.stdin.write(chunk)
+                        proc.stdin.close()
+                    except BrokenPipeError:
+                        pass  # pg_restore stopped early: its stderr says why
                     returncode = proc.wait()
-            except BrokenPipeError:
-                returncode = proc.wait()  # pg_restore stopped early: its stderr says why
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
             if returncode != 0:
-                tail = _stderr_tail(Path(stderr.name))
+                tail = _stderr_tail(Path(stderr.name)) or "no error output"
+                if jobs == 1:
+                    raise RestoreFailed(
+                        f"pg_restore failed; the restore was rolled back and database {database!r} is as it was: {tail}"
+                    )
                 raise RestoreFailed(
-                    f"pg_restore failed; the restore was rolled back and database {database!r} is as it was: "
-                    f"{tail or 'no error output'}"
+                    f"pg_restore failed; a parallel restore is not one transaction, so database {database!r} may "
+                    f"hold part of the backup (restore again with \"drop\": true): {tail}"
                 )
-        return {"database": database, "dropped_existing": request.drop}
+        return details
 
     # ------------------------------------------------------------------ import
 
@@ -447,7 +567,6 @@ class PostgreSQLEngine(BackupEngine):
         entries = [line for line in listing.splitlines() if line and not line.startswith(";")]
         return ImportedArchive(
             archive_format=self.archive_format,
-            compression=self.compression,
             database=(header.get("dbname") or "").strip() or None,
             server_version=_version_of(header.get("Dumped from database version")),
             tool_version=_version_of(header.get("Dumped by pg_dump version")),
@@ -497,6 +616,56 @@ class PostgreSQLEngine(BackupEngine):
 
 
 PG_CUSTOM_MAGIC = b"PGDMP"
+DIRECTORY = "directory"
+_FORMATS = ("custom", DIRECTORY)
+_BACKUP_OPTIONS = ("format", "jobs")
+# A pg_dump -Fd folder carried as one tar stream (its files under dump/).
+DIRECTORY_ARCHIVE_FORMAT = "pg_dump-directory-tar"
+_DUMP_FOLDER = "dump"
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it, from /proc (Linux); elsewhere ``pid`` alone."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # the command name may hold spaces and parentheses: the fields follow its last ")"
+        parent = int(text[text.rfind(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    return tree
+
+
+@contextmanager
+def _running(argv: list[str], env: Mapping[str, str], progress: ProgressTracker, **streams: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A pg_dump or pg_restore: a cancel, a stop of the job or an error in the block kills it
+    with the parallel workers (-j) it forked. It stays in the worker's process group, so
+    whatever stops the whole worker stops it too."""
+    proc = subprocess.Popen(argv, env=env, **streams)
+
+    def kill() -> None:
+        if proc.poll() is not None:
+            return  # ended (and reaped): its pid may be another process's by now
+        for pid in _process_tree(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # gone already
+
+    try:
+        # a tool can wait silently on a table lock; a cancel must still stop it
+        with progress.stop_hook(kill):
+            yield proc
+    except BaseException:
+        kill()
+        proc.wait()
+        raise
 # `pg_restore --list` starts with ";     dbname: orders" and the like.
 _LISTING_FIELD = re.compile(r"^;\s+([A-Za-z][A-Za-z ]*?):\s*(.*)$", re.MULTILINE)
 

@@ -162,6 +162,7 @@ class BackupCatalog:
             )
         backup_id = new_backup_id(started_wall)
         archive_name = engine.import_archive_name(head)
+        codec = engine.import_codec(head)
         log.info("backup.import_started", backup_id=backup_id, target=target.name, declared_size=declared_size)
         with self._storage.open_sink(backup_id, archive_name) as sink:
             hashing = HashingWriter(sink)
@@ -189,7 +190,8 @@ class BackupCatalog:
             encryption=sink.encryption,
         )
         try:
-            found = engine.inspect_import(lambda: self.open_content(provisional))
+            # the engine reads the archive decompressed, as a restore will
+            found = engine.inspect_import(lambda: codec.reader(self.open_content(provisional), owns_source=True))
             manifest = replace(
                 provisional,
                 format=found.archive_format,
@@ -198,7 +200,7 @@ class BackupCatalog:
                 database=found.database,
                 tool_version=found.tool_version,
                 server_version=found.server_version,
-                compression=found.compression,
+                compression=codec.name,
                 details=found.details,
             )
             self._storage.write_manifest(manifest)

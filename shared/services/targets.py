@@ -46,6 +46,10 @@ class TargetService:
             known = ", ".join(sorted(self._settings.targets)) or "none are configured (set FLEXDB_TARGETS)"
             raise TargetNotFound(f"No target named {name!r}. Known targets: {known}.") from None
 
+    def backup_options(self, target: Target, options: Mapping[str, object] | None) -> dict[str, object]:
+        """A backup's options checked and normalised at submit, with the limits the settings set."""
+        return engine_class(target.engine).validate_options("backup", options or {}, self._settings)
+
     def view(self, target: Target) -> TargetView:
         reason = unavailable_reason(target.engine)
         return TargetView(target.name, target.engine, target.masked_uri, reason is None, reason)

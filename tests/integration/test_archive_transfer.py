@@ -100,14 +100,15 @@ def test_a_downloaded_postgresql_archive_is_what_pg_restore_reads(stack: Stack, 
 
     assert status == 200
     assert headers["content-type"] == "application/octet-stream"
-    assert headers["content-disposition"] == f'attachment; filename="{pg_backup["id"]}-archive.dump"'
+    # the stored archive as it is: pg_dump -Fc in the default codec, zstd
+    assert headers["content-disposition"] == f'attachment; filename="{pg_backup["id"]}-archive.dump.zst"'
     assert headers["accept-ranges"] == "bytes"
     assert int(headers["content-length"]) == len(body) == pg_backup["size_bytes"]
     digest = hashlib.sha256(body)
     assert headers["x-flexdb-sha256"] == digest.hexdigest() == pg_backup["sha256"]
     assert headers["repr-digest"] == f"sha-256=:{base64.b64encode(digest.digest()).decode()}:"
     archive = tmp_path / "download.dump"
-    archive.write_bytes(body)
+    archive.write_bytes(subprocess.run(["zstd", "-dc"], input=body, capture_output=True, check=True).stdout)
     listing = subprocess.run(["pg_restore", "-l", str(archive)], capture_output=True, text=True, check=False)
     assert listing.returncode == 0, listing.stderr
     assert f"TABLE DATA public {TABLE}" in listing.stdout
@@ -235,6 +236,7 @@ def test_a_pg_dump_file_is_imported_listed_and_restored(stack: Stack, dumped_dat
     assert headers["location"] == f"/api/v1/backups/{backup['id']}"
     assert backup["source"] == "import" and backup["target"] == "pg" and backup["engine"] == "postgresql"
     assert backup["format"] == "pg_dump-custom" and backup["database"] == name
+    assert backup["compression"] == "none"  # stored as uploaded: no stream codec around it
     assert backup["size_bytes"] == len(data) and backup["sha256"] == hashlib.sha256(data).hexdigest()
     assert backup["id"] in {item["id"] for item in stack.api.get("/backups?target=pg&limit=100").body["items"]}
     assert stack.api.get(f"/backups/{backup['id']}").body["source"] == "import"
@@ -273,7 +275,7 @@ def test_a_mongodump_archive_is_imported_and_restored(stack: Stack, mongo_server
     assert status == 201, body
     backup = problem(body)
     assert backup["source"] == "import" and backup["engine"] == "mongodb" and backup["format"] == "mongodump-archive"
-    assert backup["compression"] == ("gzip" if compress else None)
+    assert backup["compression"] == ("gzip" if compress else "none")
     assert backup["details"]["documents"]["test.bar"] == 1  # mongodump also wrote admin.system.version
     into = "flexdb_it_mimport_" + secrets.token_hex(3)
     with MongoClient(mongo_server.uri()) as mongo:

@@ -189,7 +189,8 @@ def seeded(source: Database) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def backup_job(stack: Stack, seeded: dict) -> dict:
-    job = backup_now(stack)
+    # gzip asked for (the default is zstd): what `mongorestore --archive --gzip` reads
+    job = backup_now(stack, options={"compression": "gzip"})
     assert job["status"] == "succeeded", job
     return job
 

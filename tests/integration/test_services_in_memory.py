@@ -62,7 +62,7 @@ def test_a_backup_and_its_restore_run_through_the_services_into_memory(memory: I
     backup = memory.runner.run(jobs.submit_backup("pg").id)
     assert backup.status is JobStatus.SUCCEEDED, backup.error
     assert {info.key for info in memory.blobs.list(backup.backup_id + "/")} == {
-        f"{backup.backup_id}/archive.dump",
+        f"{backup.backup_id}/archive.dump.zst",  # pg_dump -Fc in the default codec
         f"{backup.backup_id}/manifest.json",
     }
     assert [m.id for m in memory.services.catalog.list("pg", 10, None).items] == [backup.backup_id]
@@ -82,7 +82,7 @@ def test_retention_keeps_what_the_policy_says_in_the_store(memory: InMemory) -> 
 
 def test_a_checksum_mismatch_in_the_store_stops_the_restore(memory: InMemory) -> None:
     backup = memory.runner.run(memory.services.jobs.submit_backup("pg").id)
-    key = f"{backup.backup_id}/archive.dump"
+    key = f"{backup.backup_id}/archive.dump.zst"
     with memory.blobs.open(key) as handle:
         data = bytearray(handle.read())
     data[len(data) // 2] ^= 0xFF
@@ -162,7 +162,7 @@ def test_encrypted_backups_hold_no_plaintext_restore_and_survive_a_key_rotation(
 def test_a_tampered_encrypted_archive_is_refused_before_the_target_is_touched(memory: InMemory) -> None:
     with_a = encrypted_services(memory.services, KEY_A, memory.blobs)
     backup = job_runner(with_a).run(with_a.jobs.submit_backup("pg").id)
-    key = f"{backup.backup_id}/archive.dump"
+    key = f"{backup.backup_id}/archive.dump.zst"
     data = bytearray(memory.blobs.open(key).read())
     data[len(data) // 2] ^= 0x01
     with memory.blobs.writer(key) as sink:
@@ -189,7 +189,7 @@ def test_a_mirrored_backup_restores_from_the_mirror_when_the_primary_copy_is_gon
     assert copied.copies[0]["status"] == "copied" and services.catalog.get(backup.backup_id).copies[0]["status"] == "copied"
     assert {i.key for i in mirror.list(backup.backup_id + "/")} == {i.key for i in memory.blobs.list(backup.backup_id + "/")}
 
-    memory.blobs.delete(f"{backup.backup_id}/archive.dump")  # the primary copy is lost
+    memory.blobs.delete(f"{backup.backup_id}/archive.dump.zst")  # the primary copy is lost
     restore = job_runner(services).run(services.jobs.submit_restore(backup.backup_id, database=memory.database + "_copy").id)
     assert restore.status is JobStatus.SUCCEEDED, restore.error
     with psycopg.connect(pg_uri(memory.database + "_copy")) as conn:

@@ -119,7 +119,7 @@ def test_a_worker_copies_each_backup_to_the_mirror_and_a_restore_falls_back_to_i
                 what="the copy to the mirror",
             )
             assert copied["copies"][0]["at"]
-            archive = stack.storage_dir / backup_id / "archive.dump"
+            archive = stack.storage_dir / backup_id / "archive.dump.zst"
             archive.write_bytes(archive.read_bytes()[:-10] + b"damaged!!!")
             job = run(stack, "/restores", {"backup_id": backup_id, "database": database + "_copy"})
             assert "restore.copy_unusable" in stack.logs()

@@ -12,6 +12,7 @@ import pytest
 from shared.core.errors import ArchiveCorrupt, ArchiveTooLarge, BackupInUse, BackupPinned, RangeNotSatisfiable
 from shared.core.settings import EncryptionKey, Settings, Target
 from shared.domain.backups import BackupManifest
+from shared.domain.codecs import PlainCodec
 from shared.domain.jobs import Job, JobKind, JobStatus, Page
 from shared.domain.ranges import ByteRange
 from shared.services.catalog import BackupCatalog
@@ -130,6 +131,9 @@ def test_delete_refuses_a_pinned_backup_and_one_an_unfinished_restore_reads() ->
 
 class RefusingEngine:
     name, archive_format, archive_name = "demo", "demo", "archive.bin"
+
+    def import_codec(self, head: bytes) -> PlainCodec:
+        return PlainCodec()
 
     def import_archive_name(self, head: bytes) -> str:
         return self.archive_name

@@ -200,19 +200,26 @@ def test_a_malformed_uri_is_a_configuration_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("codec", "compression", "archive_name"),
-    [("gzip", "gzip", "archive.gz"), ("zstd", "zstd", "archive.zst"), ("none", None, "archive")],
+    ("environment", "codec"),
+    [
+        ({}, "zstd"),
+        ({"FLEXDB_COMPRESSION": "none"}, "none"),
+        # set before FLEXDB_COMPRESSION existed: still MongoDB's own default
+        ({"FLEXDB_MONGO_COMPRESSION": "gzip"}, "gzip"),
+        ({"FLEXDB_MONGO_COMPRESSION": "gzip", "FLEXDB_COMPRESSION": "none"}, "gzip"),
+    ],
 )
-def test_compression_comes_from_settings(codec: str, compression: str | None, archive_name: str) -> None:
-    engine = engine_for("mongodb", Settings.from_env({"FLEXDB_MONGO_COMPRESSION": codec}))
+def test_the_default_codec_comes_from_settings(environment: dict[str, str], codec: str) -> None:
+    engine = engine_for("mongodb", Settings.from_env(environment))
 
-    assert (engine.compression, engine.archive_name) == (compression, archive_name)
+    assert engine.default_compression == codec
+    assert engine.archive_name == "archive"  # the workflow appends the codec's extension
 
 
-def test_defaults_keep_archives_readable_by_mongorestore_gzip() -> None:
+def test_defaults_keep_mongo_batches_bounded() -> None:
     settings = Settings.from_env({})
 
-    assert settings.mongo_compression == "gzip" and settings.mongo_batch_bytes == 8 * 1024 * 1024
+    assert settings.mongo_compression == "" and settings.mongo_batch_bytes == 8 * 1024 * 1024
     assert settings.mongo_read_batch_docs == 1000
 
 
