@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,12 +12,13 @@ from flask import current_app, request, url_for
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
+from werkzeug.sansio.utils import get_current_url
 
 from shared.core.errors import ArchiveTooLarge, BadRequest, ValidationFailed
 from shared.domain.backups import BackupManifest
 from shared.domain.jobs import Job, Page
 from shared.services.container import Services
-from shared.services.views import job_view
+from shared.services.views import job_path, job_view
 
 
 def services() -> Services:
@@ -154,7 +156,14 @@ class UploadStream:
 
 
 def present_job(job: Job) -> dict[str, Any]:
-    return job_view(job, request.host_url.rstrip("/"))
+    return job_view(job, _base_url(request.scheme, request.host))
+
+
+@functools.lru_cache(maxsize=64)
+def _base_url(scheme: str, host: str) -> str:
+    """``request.host_url`` without its trailing slash, built once per scheme and host rather
+    than for every job shown (it costs as much as the rest of the view)."""
+    return get_current_url(scheme, host).rstrip("/")
 
 
 def present_backup(manifest: BackupManifest) -> dict[str, Any]:
@@ -164,7 +173,8 @@ def present_backup(manifest: BackupManifest) -> dict[str, Any]:
 
 
 def job_headers(job: Job) -> dict[str, str]:
-    headers = {"Location": url_for("jobs.get_job", job_id=job.id)}
+    # job_path rather than url_for: the same path (job ids need no quoting), far cheaper per request.
+    headers = {"Location": request.script_root + job_path(job.id)}
     if not job.status.is_terminal:
         headers["Retry-After"] = str(services().settings.retry_after_seconds)
     return headers

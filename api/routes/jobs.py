@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import structlog
 from flask import Blueprint, jsonify, request
 
 from api.http import job_headers, page_body, page_limit, parse_body, parse_query, present_job, services, wait_slots
@@ -15,12 +16,24 @@ from api.schemas import (
     JobSchema,
     RestoreRequestSchema,
 )
-from shared.core.errors import ValidationFailed
+from shared.core.errors import (
+    BackupNotFound,
+    BrokerUnavailable,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    JobFinished,
+    SystemDatabaseRefused,
+    TargetNotFound,
+    ValidationFailed,
+)
 from shared.domain.jobs import Job, JobFilter
 from shared.services.callbacks import validate_callback
 
 bp = Blueprint("jobs", __name__)
-_job = JobSchema()
+# Built once: a schema costs more to build than to load a small body with (submits, polls).
+_backup_request = BackupRequestSchema()
+_restore_request = RestoreRequestSchema()
+_job_query = JobGetQuerySchema()
 
 
 def _idempotency_key() -> str | None:
@@ -42,20 +55,20 @@ def _fingerprint(body: dict) -> str:
 
 def _submit(body: dict, submit) -> tuple:
     callback = validate_callback(services().settings, body.pop("callback_url"), body.pop("callback_headers"))
-    job, replayed = services().jobs.idempotent(
-        _idempotency_key(), _fingerprint({**body, "callback": callback and callback.__dict__}), lambda: submit(callback)
-    )
+    key = _idempotency_key()
+    # The fingerprint only matters with a key (it tells a replay from a different request).
+    fingerprint = _fingerprint({**body, "callback": callback and callback.__dict__}) if key is not None else ""
+    job, replayed = services().jobs.idempotent(key, fingerprint, lambda: submit(callback))
+    # The request's one log line (http.request) names the job it queued.
+    structlog.contextvars.bind_contextvars(job_id=job.id, kind=job.kind.value, target=job.target, engine=job.engine)
     headers = job_headers(job)
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return jsonify(_job.dump(present_job(job))), 202, headers
+    return jsonify(present_job(job)), 202, headers
 
 
 _SUBMIT_HEADERS = {"Idempotency-Key": "Same key and body: the same job again (Idempotent-Replayed: true)"}
-_SUBMIT_ERRORS = {
-    409: "A request with this Idempotency-Key is in flight (idempotency_key_in_use)",
-    503: "Redis does not answer (broker_unavailable); retry after Retry-After",
-}
+_SUBMIT_ERRORS = (IdempotencyKeyInUse, IdempotencyKeyReused, BrokerUnavailable)
 
 
 @bp.post("/backups")
@@ -64,10 +77,10 @@ _SUBMIT_ERRORS = {
     body=BackupRequestSchema,
     headers=_SUBMIT_HEADERS,
     responses={202: ("The queued job; Location: /api/v1/jobs/<id>", JobSchema)},
-    errors={404: "No such target (target_not_found)", **_SUBMIT_ERRORS},
+    errors=(TargetNotFound, *_SUBMIT_ERRORS),
 )
 def create_backup():
-    body = parse_body(BackupRequestSchema())
+    body = parse_body(_backup_request)
     return _submit(body, lambda callback: services().jobs.submit_backup(body["target"], body["options"], callback=callback))
 
 
@@ -77,14 +90,10 @@ def create_backup():
     body=RestoreRequestSchema,
     headers=_SUBMIT_HEADERS,
     responses={202: ("The queued job; Location: /api/v1/jobs/<id>", JobSchema)},
-    errors={
-        404: "No such backup or target (backup_not_found, target_not_found)",
-        422: "Invalid fields (validation_failed), or a system database without allow_system_database (system_database_refused)",
-        **_SUBMIT_ERRORS,
-    },
+    errors=(BackupNotFound, TargetNotFound, SystemDatabaseRefused, *_SUBMIT_ERRORS),
 )
 def create_restore():
-    body = parse_body(RestoreRequestSchema())
+    body = parse_body(_restore_request)
     return _submit(
         body,
         lambda callback: services().jobs.submit_restore(
@@ -100,7 +109,7 @@ def create_restore():
 
 
 def _job_response(job: Job, status: int = 200):
-    return jsonify(_job.dump(present_job(job))), status, job_headers(job)
+    return jsonify(present_job(job)), status, job_headers(job)
 
 
 @bp.get("/jobs/<job_id>")
@@ -110,7 +119,10 @@ def _job_response(job: Job, status: int = 200):
     responses={200: ("The job", JobSchema)},
 )
 def get_job(job_id: str):
-    wait = min(parse_query(JobGetQuerySchema())["wait"], services().settings.wait_max_seconds)
+    # A plain poll (no query string) holds nothing: no query to parse, no wait slot to take.
+    wait = min(parse_query(_job_query)["wait"], services().settings.wait_max_seconds) if request.args else 0
+    if not wait:
+        return _job_response(services().jobs.get(job_id))
     with wait_slots().slot() as granted:
         return _job_response(services().jobs.wait(job_id, wait if granted else 0))
 
@@ -122,7 +134,7 @@ def get_job(job_id: str):
         200: ("Cancelled (it was queued or waiting, or its worker is gone)", JobSchema),
         202: ("Stopping (it was running)", JobSchema),
     },
-    errors={409: "The job already finished (job_finished)"},
+    errors=(JobFinished,),
 )
 def cancel_job(job_id: str):
     job = services().jobs.cancel(job_id)
@@ -137,7 +149,7 @@ def list_jobs():
     query = parse_query(JobListQuerySchema())
     filters = JobFilter(status=query["status"], kind=query["kind"], target=query["target"])
     page = services().jobs.find(filters, page_limit(query["limit"]), query["cursor"])
-    items = [_job.dump(present_job(job)) for job in page.items]
+    items = [present_job(job) for job in page.items]
     return jsonify(
         page_body(
             page,

@@ -15,6 +15,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 MASK = "***"
 _lock = threading.Lock()
 _secrets: set[str] = set()
+# The same, longest first (so a secret containing another one is masked whole), sorted once
+# here rather than for every string of every log line.
+_secrets_longest_first: tuple[str, ...] = ()
 # Secrets shorter than this would mask ordinary words; such passwords are still masked in URIs.
 _MIN_SECRET_LEN = 3
 _URI_PASSWORD = re.compile(r"(?P<prefix>[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>[^@/\s]*)(?P<at>@)", re.I)
@@ -30,25 +33,30 @@ _SECRET_PAIR = re.compile(
 _CONNINFO_PASSWORD = re.compile(
     r"(?P<prefix>(?<![a-z_])(?:ssl)?password\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s'\"&]*)", re.IGNORECASE
 )
+# What every one of the patterns above needs in a string to match at all: "://" or a secret's
+# name. One search instead of four substitutions for the strings that hold neither.
+_MAY_HOLD_PATTERN = re.compile(r"://|passw|pwd|secret|token", re.IGNORECASE)
 
 
 def register_secret(secret: str | None) -> None:
     """Remember a secret so that :func:`redact` masks it wherever it appears."""
     if not secret or len(secret) < _MIN_SECRET_LEN:
         return
+    global _secrets_longest_first
     with _lock:
         _secrets.update({secret, quote(secret, safe=""), unquote(secret)})
+        _secrets_longest_first = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
     """Mask URI passwords and every registered secret in ``text``."""
     if not text:
         return text
-    text = _URI_PASSWORD.sub(lambda m: f"{m.group('prefix')}{MASK}{m.group('at')}", text)
-    text = _mask_secret_options(text)
-    text = _CONNINFO_PASSWORD.sub(_masked, text)
-    # Longest first, so a secret containing another one is masked whole.
-    for secret in sorted(_secrets, key=len, reverse=True):
+    if _MAY_HOLD_PATTERN.search(text):  # most strings (every field of most log lines) cannot
+        text = _URI_PASSWORD.sub(lambda m: f"{m.group('prefix')}{MASK}{m.group('at')}", text)
+        text = _mask_secret_options(text)
+        text = _CONNINFO_PASSWORD.sub(_masked, text)
+    for secret in _secrets_longest_first:
         if secret in text:
             text = text.replace(secret, MASK)
     return text

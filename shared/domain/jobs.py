@@ -63,7 +63,16 @@ class Progress:
         return round(min(100.0, 100.0 * done / total), 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "percent": self.percent}
+        # Spelled out: dataclasses.asdict deep-copies, and this is on every job write and read.
+        return {
+            "stage": self.stage,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "items_done": self.items_done,
+            "items_total": self.items_total,
+            "percent": self.percent,
+            "current": self.current,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Progress:

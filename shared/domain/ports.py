@@ -139,7 +139,18 @@ class JobRepository(ABC):
     """Job records: the source of truth for job state (not Celery's result backend)."""
 
     @abstractmethod
-    def add(self, job: Job) -> None: ...
+    def add(
+        self,
+        job: Job,
+        task_name: str | None = None,
+        callback_url: str | None = None,
+        callback_headers: dict[str, str] | None = None,
+    ) -> None:
+        """Write a new job, in one step with what comes with it: the callback's full URL (its
+        query may hold a token) and headers, kept apart from the job since they may carry the
+        receiver's credentials (the job shows the URL masked); and, with ``task_name``, that
+        task's message (the job id its only argument), written after the record so a worker
+        always finds it. Raise BrokerUnavailable when Redis does not answer."""
 
     @abstractmethod
     def get(self, job_id: str) -> Job:
@@ -167,11 +178,6 @@ class JobRepository(ABC):
     @abstractmethod
     def save_if(self, job: Job, expected: JobStatus) -> bool:
         """Save only if the stored job still has status ``expected`` (compare and set)."""
-
-    @abstractmethod
-    def save_callback_secrets(self, job_id: str, url: str, headers: dict[str, str]) -> None:
-        """The callback's full URL (its query may hold a token) and headers, kept apart from the
-        job: they may carry credentials of the receiver. The job shows the URL masked."""
 
     @abstractmethod
     def callback_secrets(self, job_id: str) -> tuple[str | None, dict[str, str]]:

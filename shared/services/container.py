@@ -11,6 +11,7 @@ from celery import Celery
 
 from shared.core.settings import Settings
 from shared.repositories.beat import RedBeatTrigger
+from shared.repositories.broker import RedisTaskMessages
 from shared.repositories.redis_store import (
     RedisIdempotencyStore,
     RedisJobRepository,
@@ -64,7 +65,10 @@ def build_services(settings: Settings, celery: Celery | None = None, blobs: Blob
     """``blobs`` replaces the store the storage URL names (service tests use one in memory)."""
     client = make_redis(settings.redis_url, settings.connect_timeout_seconds)
     celery = celery or make_celery(settings)
-    jobs_repo = RedisJobRepository(client, settings.job_ttl_seconds)
+    # The job's record and its task's message go to Redis in one transaction (same server: the
+    # broker is FLEXDB_REDIS_URL too).
+    messages = RedisTaskMessages(celery, QUEUE, client.connection_pool.connection_kwargs.get("db", 0))
+    jobs_repo = RedisJobRepository(client, settings.job_ttl_seconds, messages)
     storage = BlobCatalog(
         blobs or blob_store_for(settings.effective_storage_url, settings),
         Keyring.from_settings(settings),
@@ -80,7 +84,6 @@ def build_services(settings: Settings, celery: Celery | None = None, blobs: Blob
     recovery = JobRecovery(settings, jobs_repo, storage, lease, queue, notifier)
     jobs = JobService(
         jobs_repo,
-        queue,
         targets,
         catalog,
         RedisIdempotencyStore(client, settings.idempotency_ttl_seconds),
