@@ -14,7 +14,7 @@ from api.errors import register_error_handlers
 from api.http import BackupIdConverter, WaitSlots
 from shared.core.errors import BrokerUnavailable
 from api.openapi import build_spec
-from api.routes import backups, jobs, metrics, schedules, system, targets
+from api.routes import backups, docs, jobs, metrics, schedules, system, targets
 from shared.core.logs import configure_logging, get_logger
 from shared.core.settings import Settings, get_settings
 from shared.services.container import Services, build_services
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     for blueprint in (system.bp, targets.bp, backups.bp, jobs.bp, schedules.bp):
         app.register_blueprint(blueprint, url_prefix=API_PREFIX)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(docs.bp)  # /api/docs (Swagger UI) and / (redirects there)
     register_error_handlers(app)
     app.extensions["flexdb.openapi"] = build_spec(app, title="Flexible Database API", version=API_VERSION)
     _install_request_context(app)

@@ -2,7 +2,10 @@
 
 Each view declares its contract with :func:`operation` next to its code; :func:`build_spec`
 walks Flask's URL map, so a route without a declaration fails the build (and the test that
-calls it) instead of going undocumented.
+calls it) instead of going undocumented. A view declares the exceptions it raises, by class:
+the error responses (status, problem+json schema, the stable codes) come from the one hierarchy
+in ``shared/core/errors.py``. A JSON request body's schema carries an ``example``, checked
+against that schema when the document is built.
 """
 
 from __future__ import annotations
@@ -15,10 +18,23 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
-from marshmallow import Schema, fields
+from marshmallow import Schema, ValidationError, fields
 
 from api.auth import OPEN_ENDPOINTS
-from shared.core.errors import FlexDBError
+from shared.core.errors import (
+    BackupNotFound,
+    BadRequest,
+    FlexDBError,
+    JobNotFound,
+    MethodNotAllowed,
+    NotFound,
+    RequestHeaderFieldsTooLarge,
+    ScheduleNotFound,
+    TargetNotFound,
+    Unauthorized,
+    UriTooLong,
+    ValidationFailed,
+)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -42,7 +58,8 @@ class ProblemSchema(Schema):
 class Operation:
     summary: str
     responses: dict[int, tuple[str, type[Schema] | None]]
-    errors: dict[int, str] = field(default_factory=dict)
+    # The errors this route raises itself; those every route can answer are added by build_spec.
+    errors: tuple[type[FlexDBError], ...] = ()
     body: type[Schema] | None = None
     query: type[Schema] | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -63,12 +80,28 @@ def operation(**kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any
     return decorate
 
 
-_COMMON_ERRORS = {
-    400: "The body is not JSON or nests deeper than FLEXDB_API_MAX_JSON_DEPTH (bad_request), or the HTTP request is malformed",
-    405: "Method not allowed (method_not_allowed)",
-    414: "The request line is longer than 4094 bytes (uri_too_long)",
-    431: "The request headers are too many or too large (request_header_fields_too_large)",
-    500: "Unexpected server error (internal_error); details only in the log",
+class _OutsideTheDocument:
+    """Marks a view that serves people, not API clients (the documentation page and its files)."""
+
+
+OUTSIDE_THE_DOCUMENT = _OutsideTheDocument()
+
+
+def outside_the_document(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Keep a view out of the OpenAPI document, saying so (an undeclared view fails the build)."""
+    view.openapi = OUTSIDE_THE_DOCUMENT  # type: ignore[attr-defined]
+    return view
+
+
+# What any route may answer: a malformed request or body, a wrong method, a request the HTTP
+# server refuses before the app sees it, and an unexpected failure (FlexDBError: internal_error).
+_COMMON_ERRORS: tuple[type[FlexDBError], ...] = (BadRequest, MethodNotAllowed, UriTooLong, RequestHeaderFieldsTooLarge, FlexDBError)
+# The error of a path argument that names nothing.
+_NOT_FOUND_BY_ARGUMENT: dict[str, type[NotFound]] = {
+    "backup_id": BackupNotFound,
+    "job_id": JobNotFound,
+    "schedule_id": ScheduleNotFound,
+    "name": TargetNotFound,
 }
 
 
@@ -83,8 +116,10 @@ def build_spec(app: Flask, title: str, version: str) -> dict[str, Any]:
         if rule.endpoint == "static":
             continue
         view = app.view_functions[rule.endpoint]
-        described: Operation | None = getattr(view, "openapi", None)
-        if described is None:
+        described: Operation | _OutsideTheDocument | None = getattr(view, "openapi", None)
+        if described is OUTSIDE_THE_DOCUMENT:
+            continue
+        if not isinstance(described, Operation):
             raise RuntimeError(f"route {rule.rule} ({rule.endpoint}) has no @operation description")
         path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
         operations = {}
@@ -142,15 +177,8 @@ def _operation(rule: Any, described: Operation) -> dict[str, Any]:
         elif described.media_type != "application/json":
             response["content"] = {described.media_type: {"schema": {"type": "string"}}}
         responses[str(status)] = response
-    errors = {**described.errors, **_COMMON_ERRORS}
-    if rule.endpoint not in OPEN_ENDPOINTS:
-        errors.setdefault(401, "FLEXDB_API_TOKEN is set and the bearer token is missing or wrong (unauthorized)")
-    if rule.arguments:
-        errors.setdefault(404, "Not found")
-    if described.body is not None or described.query is not None:
-        errors.setdefault(422, "Invalid field (validation_failed); see errors[].pointer")
-    for status, description in errors.items():
-        responses[str(status)] = {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": "Problem"}}}
+    for status, classes in sorted(_errors_by_status(rule, described).items()):
+        responses[str(status)] = _problem_response(classes)
     op: dict[str, Any] = {
         "operationId": rule.endpoint.replace(".", "_"),
         "summary": described.summary,
@@ -159,12 +187,67 @@ def _operation(rule: Any, described: Operation) -> dict[str, Any]:
         "responses": responses,
     }
     if described.body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": described.body}}}
+        content = {"schema": described.body, "example": _checked_example(rule, described.body)}
+        op["requestBody"] = {"required": True, "content": {"application/json": content}}
     elif described.raw_body is not None:
         op["requestBody"] = {"required": True, "content": {described.raw_body: {"schema": {"type": "string", "format": "binary"}}}}
     # The token is optional server-side: either no credentials or a bearer token.
     op["security"] = [{}] if rule.endpoint in OPEN_ENDPOINTS else [{}, {"bearerToken": []}]
     return op
+
+
+def _errors_by_status(rule: Any, described: Operation) -> dict[int, list[type[FlexDBError]]]:
+    raised: list[type[FlexDBError]] = [*described.errors, *_COMMON_ERRORS]
+    if rule.endpoint not in OPEN_ENDPOINTS:
+        raised.append(Unauthorized)
+    raised.extend(_NOT_FOUND_BY_ARGUMENT.get(name, NotFound) for name in sorted(rule.arguments))
+    if rule.arguments:  # an argument holding '/' (as %2F) makes a path no route matches
+        raised.append(NotFound)
+    if described.body is not None or described.query is not None:
+        raised.append(ValidationFailed)
+    by_status: dict[int, list[type[FlexDBError]]] = {}
+    for cls in raised:
+        listed = by_status.setdefault(cls.status, [])
+        if all(other.code != cls.code for other in listed):
+            listed.append(cls)
+    return by_status
+
+
+def _problem_response(classes: list[type[FlexDBError]]) -> dict[str, Any]:
+    """One status: a problem+json body whose ``code`` is one of these classes' codes."""
+    classes = sorted(classes, key=lambda cls: cls.code)
+    schema = {
+        "allOf": [{"$ref": "#/components/schemas/Problem"}],
+        "properties": {"code": {"type": "string", "enum": [cls.code for cls in classes]}},
+    }
+    return {
+        "description": "; ".join(f"{cls.title} ({cls.code})" for cls in classes),
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}},
+    }
+
+
+def _checked_example(rule: Any, body: type[Schema]) -> dict[str, Any]:
+    """The body schema's own example, which that schema must accept (a stale example would
+    teach users a request the API refuses)."""
+    example = getattr(body, "example", None)
+    if not isinstance(example, dict):
+        raise RuntimeError(f"route {rule.rule}: request schema {body.__name__} has no example")
+    try:
+        body().load(example)
+    except ValidationError as exc:
+        raise RuntimeError(f"route {rule.rule}: the example of {body.__name__} is invalid: {exc.messages}") from None
+    return example
+
+
+def served_document(document: dict[str, Any], request_root: str, public_url: str) -> dict[str, Any]:
+    """The document with ``servers``: first the address this request came to (so that "Try it
+    out" on the documentation page calls the API where the page came from), then
+    FLEXDB_PUBLIC_URL when it is another one."""
+    servers = [{"url": request_root.rstrip("/"), "description": "This server, as this request reached it"}]
+    if public_url and public_url.rstrip("/") != servers[0]["url"]:
+        servers.append({"url": public_url.rstrip("/"), "description": "FLEXDB_PUBLIC_URL"})
+    head = {key: document[key] for key in ("openapi", "info")}
+    return {**head, "servers": servers, **{k: v for k, v in document.items() if k not in head}}
 
 
 def error_codes() -> dict[str, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
@@ -25,6 +25,9 @@ _database = validate.Regexp(DATABASE_NAME_PATTERN, error=f"must be {DATABASE_NAM
 
 
 class StrictSchema(Schema):
+    # A request body's example, in the OpenAPI document (the body a reader can send as it is).
+    example: ClassVar[dict[str, Any]]
+
     class Meta:
         unknown = RAISE
 
@@ -77,11 +80,23 @@ class CallbackFieldsSchema(StrictSchema):
 
 
 class BackupRequestSchema(CallbackFieldsSchema):
+    example = {"target": "orders"}
+
     target = fields.String(required=True, validate=_name, metadata={"description": "Name of a configured target"})
-    options = fields.Dict(keys=fields.String(), load_default=dict, metadata={"description": "Engine options"})
+    options = fields.Dict(
+        keys=fields.String(),
+        load_default=dict,
+        metadata={
+            "description": 'Every engine: "compression" ("zstd", "gzip" or "none"; default FLEXDB_COMPRESSION). '
+            'postgresql: "format" ("custom" or "directory") and, with "directory", "jobs" (1 to FLEXDB_PG_MAX_JOBS). '
+            'mongodb: "collections", "exclude_collections"'
+        },
+    )
 
 
 class RestoreRequestSchema(CallbackFieldsSchema):
+    example = {"backup_id": "20261202T031500123456Z-3f9a2c", "database": "orders_copy"}
+
     backup_id = fields.String(required=True, validate=_id)
     target = fields.String(load_default=None, validate=_name, metadata={"description": "Default: the backup's own target"})
     database = fields.String(
@@ -99,6 +114,8 @@ class RestoreRequestSchema(CallbackFieldsSchema):
 
 
 class ConnectionCheckSchema(StrictSchema):
+    example = {"engine": "postgresql", "uri": "postgresql://backup@127.0.0.1:5432/orders"}
+
     engine = fields.String(required=True, validate=validate.OneOf(engine_names()))
     uri = fields.String(required=True, validate=validate.Length(min=1, max=4096))
 
@@ -191,7 +208,10 @@ class BackupSchema(Schema):
     duration_seconds = fields.Float()
     size_bytes = fields.Integer()
     sha256 = fields.String()
-    compression = fields.String(allow_none=True)
+    compression = fields.String(
+        allow_none=True,
+        metadata={"description": 'The stream codec of the stored archive ("zstd", "gzip", "none"); older backups: null or "pg_dump-zlib"'},
+    )
     tool_version = fields.String(allow_none=True)
     server_version = fields.String(allow_none=True)
     job_id = fields.String(allow_none=True)
@@ -217,6 +237,8 @@ class BackupImportQuerySchema(StrictSchema):
 
 
 class BackupUpdateSchema(StrictSchema):
+    example = {"pinned": True}
+
     pinned = StrictBoolean(required=True, metadata={"description": "true: retention never deletes this backup"})
 
 
@@ -255,6 +277,12 @@ class RetentionPolicySchema(StrictSchema):
 class ScheduleWriteSchema(StrictSchema):
     """POST takes it whole (``target`` required); PATCH takes any subset."""
 
+    example = {
+        "target": "orders",
+        "cron": "30 2 * * *",
+        "timezone": "Europe/Berlin",
+        "retention": {"keep_daily": 7, "keep_weekly": 4},
+    }
     target = fields.String(required=True, validate=_name)
     cron = fields.String(allow_none=True, metadata={"description": "5 fields: minute hour day-of-month month day-of-week"})
     # The minimum is FLEXDB_SCHEDULE_MIN_INTERVAL_SECONDS, checked by the schedule service.
@@ -272,6 +300,7 @@ class ScheduleWriteSchema(StrictSchema):
 class ScheduleUpdateSchema(ScheduleWriteSchema):
     """PATCH: any subset of the fields."""
 
+    example = {"cron": "0 3 * * *", "enabled": True}
     target = fields.String(validate=_name)
 
 

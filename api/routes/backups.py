@@ -13,6 +13,7 @@ from api.schemas import (
     BackupSchema,
     BackupUpdateSchema,
 )
+from shared.core.errors import ArchiveCorrupt, ArchiveTooLarge, BackupInUse, BackupPinned, EngineUnavailable, RangeNotSatisfiable, TargetNotFound
 from shared.domain.ranges import ByteRange
 from shared.services.catalog import ArchiveDownload
 
@@ -45,7 +46,6 @@ def get_backup(backup_id: str):
     summary="Pin a backup (retention never deletes it) or unpin it",
     body=BackupUpdateSchema,
     responses={200: ("The backup, with its pin", BackupSchema)},
-    errors={404: "No such backup (backup_not_found)"},
     tag="backups",
 )
 def update_backup(backup_id: str):
@@ -57,10 +57,7 @@ def update_backup(backup_id: str):
 @operation(
     summary="Delete a backup: its manifest first, then its archive",
     responses={204: ("Deleted; no body", None)},
-    errors={
-        404: "No such backup (backup_not_found)",
-        409: "Pinned: unpin it first (backup_pinned); or a queued or running restore reads it (backup_in_use)",
-    },
+    errors=(BackupPinned, BackupInUse),
     tag="backups",
 )
 def delete_backup(backup_id: str):
@@ -76,7 +73,7 @@ def delete_backup(backup_id: str):
         200: ("The archive; its sha256 in Repr-Digest and X-FlexDB-SHA256", None),
         206: ("The range asked for, with Content-Range", None),
     },
-    errors={404: "No such backup (backup_not_found)", 416: "The range starts past the end (range_not_satisfiable)"},
+    errors=(RangeNotSatisfiable,),
     media_type="application/octet-stream",
     tag="backups",
 )
@@ -91,13 +88,7 @@ def download_archive(backup_id: str):
     query=BackupImportQuerySchema,
     raw_body="application/octet-stream",
     responses={201: ("The new backup (source: import); Location: /api/v1/backups/<id>", BackupSchema)},
-    errors={
-        400: "The body ended before its Content-Length (bad_request)",
-        404: "No such target (target_not_found)",
-        413: "Larger than FLEXDB_IMPORT_MAX_BYTES (archive_too_large)",
-        422: "Not an archive the target's engine restores (archive_corrupt, with the reason), engine_unavailable, "
-        "or an invalid query (validation_failed)",
-    },
+    errors=(TargetNotFound, ArchiveTooLarge, ArchiveCorrupt, EngineUnavailable),
     tag="backups",
 )
 def import_backup():

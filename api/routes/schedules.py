@@ -14,11 +14,11 @@ from api.schemas import (
     ScheduleUpdateSchema,
     ScheduleWriteSchema,
 )
+from shared.core.errors import BrokerUnavailable, ScheduleManagedBySettings, TargetBusy, TargetNotFound
 from shared.domain.schedules import Schedule
 
 bp = Blueprint("schedules", __name__)
 _schedule = ScheduleSchema()
-_job = JobSchema()
 
 
 def _present(schedule: Schedule) -> dict:
@@ -44,7 +44,7 @@ def list_schedules():
     summary="Create a schedule (cron in a time zone, or an interval) with an optional retention policy",
     body=ScheduleWriteSchema,
     responses={201: ("The schedule; Location: /api/v1/schedules/<id>", ScheduleSchema)},
-    errors={404: "No such target (target_not_found)"},
+    errors=(TargetNotFound,),
     tag="schedules",
 )
 def create_schedule():
@@ -64,7 +64,7 @@ def get_schedule(schedule_id: str):
     summary="Change a schedule (setting cron clears interval_seconds and the other way round)",
     body=ScheduleUpdateSchema,
     responses={200: ("The schedule", ScheduleSchema)},
-    errors={409: "Declared in FLEXDB_SCHEDULES (schedule_managed_by_settings)"},
+    errors=(ScheduleManagedBySettings,),
     tag="schedules",
 )
 def update_schedule(schedule_id: str):
@@ -76,7 +76,7 @@ def update_schedule(schedule_id: str):
 @operation(
     summary="Delete a schedule",
     responses={204: ("Deleted", None)},
-    errors={409: "Declared in FLEXDB_SCHEDULES (schedule_managed_by_settings)"},
+    errors=(ScheduleManagedBySettings,),
     tag="schedules",
 )
 def delete_schedule(schedule_id: str):
@@ -88,12 +88,12 @@ def delete_schedule(schedule_id: str):
 @operation(
     summary="Run the schedule's backup now",
     responses={202: ("The queued job", JobSchema)},
-    errors={409: "A backup or restore of the target is running (target_busy)", 503: "Redis does not answer (broker_unavailable)"},
+    errors=(TargetBusy, BrokerUnavailable),
     tag="schedules",
 )
 def run_schedule(schedule_id: str):
     job = services().schedules.run_now(schedule_id)
-    return jsonify(_job.dump(present_job(job))), 202, job_headers(job)
+    return jsonify(present_job(job)), 202, job_headers(job)
 
 
 @bp.get("/retention/preview")
@@ -101,7 +101,7 @@ def run_schedule(schedule_id: str):
     summary="What retention would keep and delete for a target, and why (nothing is deleted)",
     query=RetentionPreviewQuerySchema,
     responses={200: ("The decision per backup", RetentionPreviewSchema)},
-    errors={404: "No such target (target_not_found)"},
+    errors=(TargetNotFound,),
     tag="schedules",
 )
 def preview_retention():

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 from api.auth import carries_token
 from api.http import services
-from api.openapi import operation
+from api.openapi import operation, served_document
 from api.schemas import HealthSchema
 
 bp = Blueprint("system", __name__)
@@ -25,4 +25,5 @@ def health():
 @bp.get("/openapi.json")
 @operation(summary="This OpenAPI 3 document", responses={200: ("The document", None)}, tag="system")
 def openapi_document():
-    return jsonify(current_app.extensions["flexdb.openapi"])
+    document = current_app.extensions["flexdb.openapi"]
+    return jsonify(served_document(document, request.url_root, services().settings.public_url))

@@ -5,9 +5,13 @@ from flask import Blueprint, jsonify, url_for
 from api.http import parse_body, services
 from api.openapi import operation
 from api.schemas import ConnectionCheckSchema, ServerInfoSchema, TargetListSchema, TargetSchema
+from shared.core.errors import AuthenticationFailed, DatabaseNotFound, HostNotAllowed, TargetMisconfigured, TargetUnreachable
 from shared.domain.engine import ServerInfo
 
 bp = Blueprint("targets", __name__)
+# A server that does not answer, refuses the credentials, lacks the database, or cannot be used
+# with the settings given: the database's failure, reported as a gateway error (502).
+_CONNECTION_ERRORS = (TargetUnreachable, AuthenticationFailed, DatabaseNotFound, TargetMisconfigured)
 _target = TargetSchema()
 _info = ServerInfoSchema()
 
@@ -34,10 +38,7 @@ def list_targets():
 @operation(
     summary="Connect to a target: server version and latency",
     responses={200: ("It answers", ServerInfoSchema)},
-    errors={
-        502: "The target is unreachable, refused the credentials, has no such database or cannot be used with its "
-        "settings (target_unreachable, authentication_failed, database_not_found, target_misconfigured)"
-    },
+    errors=_CONNECTION_ERRORS,
     tag="targets",
 )
 def check_target(name: str):
@@ -51,12 +52,7 @@ def check_target(name: str):
     summary="Try a connection that is not a configured target",
     body=ConnectionCheckSchema,
     responses={200: ("It answers", ServerInfoSchema)},
-    errors={
-        403: "The host is not in FLEXDB_CHECK_ALLOWED_HOSTS (host_not_allowed)",
-        422: "Invalid field, or URI options that may change where or how the driver connects (validation_failed)",
-        502: "Unreachable, the credentials were refused, or no such database (target_unreachable, "
-        "authentication_failed, database_not_found)",
-    },
+    errors=(HostNotAllowed, *_CONNECTION_ERRORS),
     tag="targets",
 )
 def check_connection():

@@ -141,6 +141,20 @@ class RangeNotSatisfiable(FlexDBError):
         return {"Content-Range": f"bytes */{self.size}"}
 
 
+class UriTooLong(FlexDBError):
+    """A request line over 4094 bytes. The HTTP server (gunicorn, see api/gunicorn_conf.py)
+    answers it before the app runs, so nothing raises this class: it is here so that every code
+    a route can answer comes from this one hierarchy."""
+
+    status, code, title = 414, "uri_too_long", "URI too long"
+
+
+class RequestHeaderFieldsTooLarge(FlexDBError):
+    """Too many or too large request headers; answered by the HTTP server like UriTooLong."""
+
+    status, code, title = 431, "request_header_fields_too_large", "Request header fields too large"
+
+
 class EngineUnavailable(FlexDBError):
     status, code, title = 422, "engine_unavailable", "Engine unavailable"
 

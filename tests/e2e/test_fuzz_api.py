@@ -164,7 +164,8 @@ if os.environ.get("SCHEMATHESIS_HOOKS") == __name__:  # loaded by the schemathes
     def no_target_secret_in_response(ctx, response, case) -> bool | None:
         """The configured target's password must never come back, in any header or body."""
         canary = os.environ["FLEXDB_FUZZ_CANARY"]
-        if canary in response.text or any(canary in str(value) for value in response.headers.values()):
+        # Bytes, not text: an archive download is binary (a compressed one is not UTF-8 at all).
+        if canary.encode() in response.content or any(canary in str(value) for value in response.headers.values()):
             raise AssertionError("The response shows the target's password")
         return None
 
