@@ -1,0 +1,3 @@
+from flexdb_cli.main import main
+
+main()
