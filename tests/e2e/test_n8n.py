@@ -36,7 +36,7 @@ import psycopg
 import pytest
 
 from tests.conftest import Stack, drop_database
-from tests.support.n8n import N8n, N8nUnavailable, ensure_n8n
+from tests.support.n8n import N8n, N8nInstall
 from tests.support.processes import REPO, wait_for
 
 WORKFLOWS_DIR = REPO / "docs" / "n8n"
@@ -61,18 +61,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def n8n(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> N8n:
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-
-    def say(message: str) -> None:  # shown even under capture: a first install takes minutes
-        with capture.global_and_fixture_disabled():
-            print(f"\n[n8n] {message}", flush=True)
-
-    try:
-        install = ensure_n8n(log=say)
-    except N8nUnavailable as exc:
-        pytest.skip(f"n8n cannot run here: {exc}")
-    return N8n(install, tmp_path_factory.mktemp("n8n"))
+def n8n(n8n_install: N8nInstall, tmp_path_factory: pytest.TempPathFactory) -> N8n:
+    return N8n(n8n_install, tmp_path_factory.mktemp("n8n"))
 
 
 def _configured(name: str, workflow_id: str, **config: str) -> dict:
