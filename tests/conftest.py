@@ -17,7 +17,7 @@ import redis
 
 from tests.support.mongo import MongoTestServer
 from tests.support.servers import claim_redis_database, release_redis_database
-from tests.support.processes import ApiClient, ManagedProcess, free_port, python_argv, wait_for
+from tests.support.processes import ApiClient, ManagedProcess, free_port, python_argv, stop_all, wait_for
 
 REDIS_URL = os.environ.get("FLEXDB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_ADMIN_URI = os.environ.get("FLEXDB_TEST_PG_URI", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -173,5 +173,4 @@ def running_stack(tmp: Path, targets: dict, redis_url: str, worker_name: str | N
         wait_for(lambda: client.get("/health").body["components"]["workers"]["ok"], 60, what="API and worker up")
         yield Stack(client, env, Path(env["FLEXDB_STORAGE_DIR"]), processes)
     finally:
-        for process in processes:
-            process.stop()
+        stop_all(processes)

@@ -23,7 +23,6 @@ from shared.domain.jobs import Job, iso_utc
 from shared.domain.ports import JobRepository, ScheduleRepository, ScheduleTrigger, TargetLease
 from shared.domain.retention import RetentionPolicy
 from shared.domain.schedules import MAX_INTERVAL_SECONDS, Schedule
-from shared.engines import engine_class
 from shared.services.jobs import JobService
 from shared.services.targets import TargetService
 
@@ -180,7 +179,9 @@ class ScheduleService:
 
     def _busy_reason(self, schedule: Schedule) -> str | None:
         holder = self._lock.holder(schedule.target)
-        if holder:
+        # A job that has already ended may hold its target a moment longer (retention after a
+        # backup): the new backup waits in the target's line for that, it is not refused.
+        if holder and not self._has_ended(holder):
             return f"target {schedule.target!r} is busy with job {holder}"
         if schedule.last_job_id and schedule.last_status in {"queued", "running"}:
             try:
@@ -190,6 +191,12 @@ class ScheduleService:
             if not last.status.is_terminal:
                 return f"the previous run (job {last.id}) is still {last.status.value}"
         return None
+
+    def _has_ended(self, job_id: str) -> bool:
+        try:
+            return self._job_records.get(job_id).status.is_terminal
+        except FlexDBError:
+            return False
 
     # ------------------------------------------------------------------ validation
 
@@ -227,7 +234,7 @@ class ScheduleService:
                 errors=[{"pointer": "/interval_seconds", "detail": f"must be between {minimum} and {MAX_INTERVAL_SECONDS}"}],
             )
         retention = fields.get("retention")
-        options = engine_class(target.engine).validate_options("backup", fields.get("options") or {})
+        options = self._targets.backup_options(target, fields.get("options"))
         values = {
             "target": target.name,
             "cron": " ".join(cron.split()) if isinstance(cron, str) else cron,

@@ -55,6 +55,17 @@ def disable(stack: Stack, schedule_id: str) -> None:
     wait_for(idle, 30, what=f"no unfinished job on {TARGET}")
 
 
+def retention_after(stack: Stack, job: dict) -> dict:
+    """The retention pass a backup triggers: it runs once the backup is recorded as succeeded, so
+    a test that goes on as soon as the job is done must wait for it."""
+
+    def finished():
+        items = stack.api.get(f"/jobs?kind=retention&target={TARGET}&limit=100").body["items"]
+        return next((j for j in items if j["params"].get("trigger") == f"after backup job {job['id']}" and j["done"]), None)
+
+    return wait_for(finished, 20, what=f"the retention pass after backup job {job['id']}")
+
+
 def test_a_schedule_made_over_the_api_runs_without_restarting_beat_and_stops_when_disabled(stack, beat) -> None:
     schedule = create(stack, interval_seconds=2)
     assert schedule["next_run_at"] and schedule["enabled"] and schedule["source"] == "api"
@@ -185,6 +196,7 @@ def test_retention_after_each_backup_keeps_the_policy_and_records_what_it_delete
     for _ in range(4):
         job = stack.api.wait_job(stack.api.post(f"/schedules/{schedule['id']}/run").headers["Location"])
         assert job["status"] == "succeeded"
+    retention_after(stack, job)
     # a schedule's policy governs the backups that schedule made (other tests' stay)
     backups = [b for b in stack.api.get(f"/backups?target={TARGET}&limit=100").body["items"] if b["schedule_id"] == schedule["id"]]
     assert len(backups) == 2
@@ -208,7 +220,7 @@ def test_retention_after_each_backup_keeps_the_policy_and_records_what_it_delete
 
 def test_the_daily_retention_task_runs_on_the_worker(stack) -> None:
     schedule = create(stack, cron="0 3 * * *", enabled=False, retention={"keep_last": 1})
-    stack.api.wait_job(stack.api.post(f"/schedules/{schedule['id']}/run").headers["Location"])
+    retention_after(stack, stack.api.wait_job(stack.api.post(f"/schedules/{schedule['id']}/run").headers["Location"]))
     before = {j["id"] for j in stack.api.get(f"/jobs?kind=retention&target={TARGET}&limit=100").body["items"]}
 
     producer = make_celery(Settings.from_env({"FLEXDB_REDIS_URL": REDIS_URL}))

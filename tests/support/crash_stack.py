@@ -15,7 +15,7 @@ import psycopg
 import redis
 
 from tests.conftest import CANARY_PASSWORD, drop_database, pg_admin, pg_uri, service_env
-from tests.support.processes import ApiClient, ManagedProcess, free_port, python_argv, wait_for
+from tests.support.processes import ApiClient, ManagedProcess, free_port, python_argv, stop_all, wait_for
 
 LEASE_SECONDS = 2.0
 
@@ -83,8 +83,7 @@ class PrivateStack:
         wait_for(lambda: len(self.redis.keys("flexdb:worker:*")) >= count, 30, what=f"{count} worker(s) up")
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.stop()
+        stop_all(self.processes)
 
     def logs(self) -> str:
         return "\n".join(p.output() for p in self.processes)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+# How long one long-poll of wait_job may be held (a wait may end up to this much past its timeout).
+JOB_WAIT_SECONDS = 5
 
 
 def free_port() -> int:
@@ -89,8 +91,12 @@ class ApiClient:
         return self.request("POST", path, body, **kw)
 
     def wait_job(self, location: str, timeout: float = 60) -> dict:
+        # On the API's long-poll, as a client would: the answer comes at the job's next change,
+        # not at the next tick of a polling loop.
+        held = f"{location}{'&' if '?' in location else '?'}wait={JOB_WAIT_SECONDS}"
+
         def finished():
-            job = self.get(location).body
+            job = self.get(held).body
             return job if job and job.get("done") else None
 
         return wait_for(finished, timeout, what=f"job {location} finished")
@@ -106,16 +112,26 @@ class ManagedProcess:
         self.proc = subprocess.Popen(
             argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        self._terminated_at: float | None = None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, grace: float = 10) -> None:
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """Ask the process group to stop (SIGTERM, once) without waiting; :meth:`stop` waits."""
+        if self._terminated_at is None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(grace)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except ProcessLookupError:
+                pass
+            self._terminated_at = time.monotonic()
+
+    def stop(self, grace: float = 10) -> None:
+        self.terminate()
+        if self._terminated_at is not None:
+            try:
+                self.proc.wait(max(0.0, self._terminated_at + grace - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 pass
         try:
             # Also whatever the process left behind in its group (a worker's pool processes
@@ -128,6 +144,15 @@ class ManagedProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def stop_all(processes: list[ManagedProcess], grace: float = 10) -> None:
+    """Stop several processes together: all get SIGTERM first, so their shutdowns (seconds for a
+    Celery worker) overlap instead of adding up."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.stop(grace)
 
 
 def python_argv(*args: str) -> list[str]:
