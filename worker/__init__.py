@@ -13,6 +13,7 @@ from celery.worker import state as worker_state
 
 from shared.core.errors import StorageError
 from shared.core.logs import configure_logging, get_logger
+from shared.core.memory import release_free_memory, tune_allocator
 from shared.core.settings import Settings, get_settings
 from shared.services.container import Services, build_services, job_runner
 from shared.domain.jobs import Job, JobStatus
@@ -119,10 +120,17 @@ def _connect_signals(settings: Settings, services: Services) -> None:
         job_id = args[0] if args else None
         structlog.contextvars.bind_contextvars(job_id=job_id, task=task.name if task else None, task_id=task_id)
 
-    def unbind_job(**_kwargs) -> None:
+    def tune_memory(**_kwargs) -> None:
+        # in the main process, before the pool forks: every pool process inherits it
+        tune_allocator(settings.worker_malloc_arenas, settings.worker_mmap_threshold_bytes)
+
+    def unbind_job(task=None, **_kwargs) -> None:
         structlog.contextvars.clear_contextvars()
+        if task is not None and task.name in (BACKUP_TASK, RESTORE_TASK):
+            release_free_memory()  # what a big job freed goes back, not kept for the next one
 
     signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid="flexdb.setup_logging")
+    signals.worker_init.connect(tune_memory, weak=False, dispatch_uid="flexdb.tune_memory")
     signals.beat_init.connect(install_declared_schedules, weak=False, dispatch_uid="flexdb.install_schedules")
     signals.task_prerun.connect(bind_job, weak=False, dispatch_uid="flexdb.bind_job")
     signals.task_postrun.connect(unbind_job, weak=False, dispatch_uid="flexdb.unbind_job")

@@ -558,15 +558,16 @@ class MongoDBEngine(BackupEngine):
     @property
     def _read_batch_bytes(self) -> int:
         """Bytes a dump's read batch, and archive block, aims at: a part of the collection's
-        share, since the driver holds a batch about three times over while it arrives (message,
-        reply, documents) and the channel and the archive writer hold those before it."""
+        share, since the driver holds a batch about four times over while it arrives (message,
+        payload, cursor document, documents) and the channel and the archive writer hold those
+        before it."""
         return max(self._batch_share // _READ_BATCHES_PER_SHARE, _SMALLEST_BATCH_SHARE)
 
     def _read_batch_docs(self, db: Database, collection: str) -> int:
         """Documents per server batch of one collection (0: the server's default, up to 16 MiB):
         its share of FLEXDB_MONGO_READ_BATCH_DOCS, fewer when its documents are big, so that a
-        batch stays near ``_read_batch_bytes`` (batches sized by count alone cost ~50 MiB more
-        on big documents)."""
+        batch stays near ``_read_batch_bytes`` (by count alone, a batch of big documents reaches
+        the server's 16 MiB)."""
         docs = self.settings.mongo_read_batch_docs
         share = self._share(docs, 1) if docs else 0
         try:
