@@ -103,7 +103,7 @@ class RedisJobRepository(JobRepository):
     ) -> None:
         # One script, one round trip, all or nothing: the record, then its task's message.
         message, sent_event = self._messages.render(task_name, [job.id]) if task_name is not None else ("", None)
-        keys = [self._key(job.id), f"{PREFIX}:jobs", self._messages.queue]
+        keys = [self._key(job.id), f"{PREFIX}:jobs", self._messages.queue, line_key(job.target)]
         args = [
             json.dumps(job.to_dict()),
             self._ttl,
@@ -283,17 +283,27 @@ class RedisIdempotencyStore(IdempotencyStore):
         self._redis.delete(self._key(key))
 
 
+def line_key(target: str) -> str:
+    """The sorted set of a target's jobs waiting for it (job id -> submit time)."""
+    return f"{PREFIX}:line:{target}"
+
+
 # Lease scripts run inside Redis, so taking, renewing and giving up a target are atomic.
 # KEYS: lease, line (sorted set: job id -> submit time), leased (hash: job id -> target).
-# A new job: its callback's secrets (when KEYS[4] is given), its record, its place in the index,
-# its task's message and the task-sent event ("" for none). A script rather than MULTI/EXEC:
-# one command to send and one reply to read instead of six: a third to half the client's CPU.
-# KEYS: record, index, queue[, secrets]  ARGV: record, ttl, score, job id, message, channel, event[, secrets]
+# A new job: its callback's secrets (when KEYS[5] is given), its record, its place in the index,
+# its place in its target's line, its task's message and the task-sent event ("" for none). A
+# script rather than MULTI/EXEC: one command to send and one reply to read instead of six.
+# The line is joined at submit, before any worker can see the message: two jobs taken by two
+# worker slots at once then still get the target in submit order.
+# KEYS: record, index, queue, line[, secrets]  ARGV: record, ttl, score, job id, message, channel, event[, secrets]
 _ADD_JOB = """
-if KEYS[4] then redis.call('SET', KEYS[4], ARGV[8], 'EX', ARGV[2]) end
+if KEYS[5] then redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[2]) end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[5]) end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[4], 'NX', ARGV[3], ARGV[4])
+  redis.call('LPUSH', KEYS[3], ARGV[5])
+end
 if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 return 1
 """
@@ -359,7 +369,7 @@ class RedisTargetLease(TargetLease):
 
     @staticmethod
     def _keys(target: str) -> list[str]:
-        return [f"{PREFIX}:lease:{target}", f"{PREFIX}:line:{target}", f"{PREFIX}:leased"]
+        return [f"{PREFIX}:lease:{target}", line_key(target), f"{PREFIX}:leased"]
 
     @redis_errors
     def acquire(self, target: str, owner: LeaseOwner, queued_at: float, replacing: LeaseOwner | None = None) -> str | None:
