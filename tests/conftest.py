@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from pymongo import MongoClient
 
 from tests.support.mongo import MongoTestServer
 from tests.support.servers import claim_redis_database, release_redis_database
@@ -111,6 +112,14 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoTest
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def mongo(mongo_server: MongoTestServer) -> Iterator[MongoClient]:
+    """A client of the test server, logged in as its one user."""
+    client = mongo_server.client()
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

@@ -290,13 +290,6 @@ def test_cancelling_a_directory_backup_stops_every_pg_dump_and_removes_the_scrat
 
 
 @pytest.fixture(scope="module")
-def mongo(mongo_server: MongoTestServer) -> Iterator[MongoClient]:
-    client = mongo_server.client()
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
 def mongo_source(mongo: MongoClient) -> Iterator[str]:
     name = "flexdb_codecs_" + secrets.token_hex(4)
     db = mongo[name]

@@ -11,7 +11,6 @@ import io
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -167,13 +166,6 @@ def add_backup(stack: Stack, source_id: str, new_id: str, archive: bytes, **mani
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def mongo(mongo_server: MongoTestServer) -> Iterator[MongoClient]:
-    client = mongo_server.client()
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

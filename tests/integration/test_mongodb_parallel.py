@@ -144,13 +144,6 @@ def run_job(stack: Stack, path: str, body: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mongo(mongo_server: MongoTestServer) -> Iterator[MongoClient]:
-    client = mongo_server.client()
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
 def names() -> dict[str, str]:
     suffix = secrets.token_hex(4)
     return {"source": f"flexdb_par_{suffix}", "cancel": f"flexdb_par_cancel_{suffix}"}
