@@ -138,6 +138,24 @@ def _npm_env(sqlite: str | None) -> dict[str, str]:
     return env
 
 
+def run_npm(argv: list[str], cwd: Path, log_path: Path, env: dict[str, str], timeout: float) -> None:
+    """Run an npm command with its output appended to ``log_path``; N8nInstallError with the
+    log's tail when it fails, or when it outlasts ``timeout``."""
+    command = " ".join(argv[1:])
+    with log_path.open("ab") as out:
+        out.write(f"$ npm {command}\n".encode())
+        out.flush()
+        try:
+            result = subprocess.run(
+                argv, check=False, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            raise N8nInstallError(f"`npm {command}` took over {timeout:.0f} s; see {log_path}") from None
+    if result.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise N8nInstallError(f"`npm {command}` failed (exit {result.returncode}); {log_path}:\n{tail}")
+
+
 def ensure_n8n(log: Any = None) -> N8nInstall:
     """The pinned n8n, installed into the cache if it is not there yet (minutes the first time)."""
     node = _node_version()
@@ -178,24 +196,7 @@ def ensure_n8n(log: Any = None) -> N8nInstall:
             "--no-progress",
             "--loglevel=warn",
         ]
-        with npm_log.open("wb") as out:
-            try:
-                result = subprocess.run(
-                    argv,
-                    check=False,
-                    cwd=staging,
-                    env=_npm_env(sqlite),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=INSTALL_TIMEOUT,
-                )
-            except subprocess.TimeoutExpired:
-                raise N8nInstallError(
-                    f"`npm ci` for n8n {version} took over {INSTALL_TIMEOUT:.0f} s; see {npm_log}"
-                ) from None
-        if result.returncode != 0:
-            tail = npm_log.read_text(errors="replace")[-3000:]
-            raise N8nInstallError(f"`npm ci` for n8n {version} failed (exit {result.returncode}); {npm_log}:\n{tail}")
+        run_npm(argv, staging, npm_log, _npm_env(sqlite), INSTALL_TIMEOUT)
         seconds = round(time.monotonic() - started, 1)
         built = staging / "node_modules" / "sqlite3" / "build" / "Release" / "node_sqlite3.node"
         if not built.is_file():

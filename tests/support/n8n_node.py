@@ -18,14 +18,13 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.n8n import N8nInstallError, N8nUnavailable, _node_version, _npm_env, cache_root
+from tests.support.n8n import N8nUnavailable, _node_version, _npm_env, cache_root, run_npm
 from tests.support.processes import REPO
 
 PACKAGE_DIR = REPO / "integrations" / "n8n"
@@ -86,27 +85,6 @@ def _built(root: Path, fingerprint: str) -> bool:
     return stamp.get("fingerprint") == fingerprint
 
 
-def _npm(argv: list[str], cwd: Path, log_path: Path) -> None:
-    with log_path.open("ab") as out:
-        out.write(f"$ {' '.join(argv)}\n".encode())
-        out.flush()
-        try:
-            result = subprocess.run(
-                argv,
-                check=False,
-                cwd=cwd,
-                env=_npm_env(None),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=BUILD_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired:
-            raise N8nInstallError(f"`{' '.join(argv)}` took over {BUILD_TIMEOUT:.0f} s; see {log_path}") from None
-    if result.returncode != 0:
-        tail = log_path.read_text(errors="replace")[-3000:]
-        raise N8nInstallError(f"`{' '.join(argv)}` failed (exit {result.returncode}); {log_path}:\n{tail}")
-
-
 def ensure_node_package(log: Any = None) -> NodePackage:
     """The node package built, packed and unpacked into the cache (seconds the first time)."""
     npm = shutil.which("npm")
@@ -137,10 +115,10 @@ def ensure_node_package(log: Any = None) -> NodePackage:
         started = time.monotonic()
         npm_log = staging / "build.log"
         quiet = ["--no-audit", "--no-fund", "--no-progress", "--loglevel=warn"]
-        _npm([npm, "ci", "--prefer-offline", "--ignore-scripts", *quiet], build, npm_log)
-        _npm([npm, "run", "build"], build, npm_log)
+        run_npm([npm, "ci", "--prefer-offline", "--ignore-scripts", *quiet], build, npm_log, _npm_env(None), BUILD_TIMEOUT)
+        run_npm([npm, "run", "build"], build, npm_log, _npm_env(None), BUILD_TIMEOUT)
         (staging / "pack").mkdir()
-        _npm([npm, "pack", "--pack-destination", str(staging / "pack"), *quiet], build, npm_log)
+        run_npm([npm, "pack", "--pack-destination", str(staging / "pack"), *quiet], build, npm_log, _npm_env(None), BUILD_TIMEOUT)
         (tarball,) = (staging / "pack").glob("*.tgz")
         with tarfile.open(tarball) as packed:
             packed.extractall(staging / "unpacked", filter="data")
